@@ -1,0 +1,95 @@
+//! Group commit: many appenders wait for durability, one of them fsyncs for all.
+//!
+//! An appender that needs its batch durable calls [`GroupCommit::wait_durable`] with the
+//! offset after its batch. If that offset is already durable it returns at once; if a
+//! flush is running it waits for it and checks again; otherwise it becomes the flusher:
+//! it runs the flush (which syncs everything appended so far, including the batches of
+//! everyone who arrived meanwhile) without holding the lock, publishes the new durable
+//! offset and wakes the others. So N concurrent appends cost about two fsyncs, not N.
+//!
+//! Threading: `Sync`; blocking (std) waits. The broker calls it from a blocking task.
+
+use std::sync::{Condvar, Mutex};
+
+use super::Result;
+
+#[derive(Debug)]
+struct State {
+    durable_offset: i64,
+    flushing: bool,
+    flushes: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    flushed: Condvar,
+}
+
+impl GroupCommit {
+    /// `durable_offset`: every offset below it is already durable.
+    pub fn new(durable_offset: i64) -> Self {
+        GroupCommit {
+            state: Mutex::new(State {
+                durable_offset,
+                flushing: false,
+                flushes: 0,
+            }),
+            flushed: Condvar::new(),
+        }
+    }
+
+    pub fn durable_offset(&self) -> i64 {
+        self.lock().durable_offset
+    }
+
+    /// How many flushes have run (for tests and metrics).
+    pub fn flushes(&self) -> u64 {
+        self.lock().flushes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns once every offset below `offset` is durable. `flush` makes everything
+    /// appended so far durable and returns the new durable offset; it runs on at most one
+    /// thread at a time. An error of the flush goes to the thread that ran it; the others
+    /// try again.
+    pub fn wait_durable(&self, offset: i64, flush: impl FnOnce() -> Result<i64>) -> Result<()> {
+        let mut state = self.lock();
+        loop {
+            if state.durable_offset >= offset {
+                return Ok(());
+            }
+            if !state.flushing {
+                break;
+            }
+            state = self
+                .flushed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.flushing = true;
+        drop(state);
+        let result = flush();
+        let mut state = self.lock();
+        state.flushing = false;
+        state.flushes += 1;
+        if let Ok(durable) = result {
+            state.durable_offset = state.durable_offset.max(durable);
+        }
+        drop(state);
+        self.flushed.notify_all();
+        result.map(|_| ())
+    }
+
+    /// After a truncation: offsets at or above `offset` are no longer durable.
+    pub fn truncate(&self, offset: i64) {
+        let mut state = self.lock();
+        state.durable_offset = state.durable_offset.min(offset);
+    }
+}

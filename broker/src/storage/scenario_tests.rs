@@ -1,0 +1,787 @@
+//! Scenario tests of `Log`, the cleaner and group commit, through their public API and
+//! the files on disk.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fjord_protocol::batch::{BatchHeader, CRC_AT, LENGTH_AT, MAGIC_AT};
+use fjord_protocol::codec::{Compression, RecordInput, decode_records, encode_batch};
+
+use super::cleaner::{self, Cleaner, CleanerConfig};
+use super::log::{CLEAN_SHUTDOWN_MARKER, ReadLimit};
+use super::segment::{INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_file};
+use super::test_util::read_from;
+use super::*;
+
+fn records(pairs: &[(&str, Option<&str>)], ts: i64) -> Vec<u8> {
+    let inputs: Vec<RecordInput> = pairs
+        .iter()
+        .map(|(k, v)| {
+            RecordInput::new(
+                Some(k.as_bytes().to_vec()),
+                v.map(|v| v.as_bytes().to_vec()),
+                ts,
+            )
+        })
+        .collect();
+    encode_batch(&inputs, Compression::None).unwrap().to_vec()
+}
+
+fn values(log: &Log) -> Vec<(i64, String, Option<String>)> {
+    let text = |b: bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+    read_from(log, 0)
+        .into_iter()
+        .map(|r| (r.offset, text(r.key.unwrap()), r.value.map(text)))
+        .collect()
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 400,
+        index_interval_bytes: 100,
+        segment_index_bytes: 1200,
+        ..LogConfig::default()
+    }
+}
+
+fn open(dir: &Path, config: LogConfig, clock: &ManualClock) -> Log {
+    Log::open(dir, config, Arc::new(clock.clone())).unwrap()
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn bad_batches_are_refused_and_leave_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            max_message_bytes: 200,
+            ..config()
+        },
+        &clock,
+    );
+    log.append(&mut records(&[("a", Some("1"))], 0), 0).unwrap();
+    let size = dir_size(dir.path());
+    let good = records(&[("b", Some("2"))], 0);
+
+    let mut bad_crc = good.clone();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    let mut bad_magic = good.clone();
+    bad_magic[MAGIC_AT] = 1;
+    let mut bad_length = good.clone();
+    bad_length[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&((good.len() as i32) + 10).to_be_bytes());
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0u8; 5]);
+    let mut good_then_bad = good.clone();
+    good_then_bad.extend_from_slice(&bad_crc);
+    let mut too_large = records(&[("big", Some(&"x".repeat(300)))], 0);
+    let mut empty = Vec::new();
+
+    for (name, bytes) in [
+        ("crc", &mut bad_crc),
+        ("magic", &mut bad_magic),
+        ("length", &mut bad_length),
+        ("trailing", &mut trailing),
+        ("second batch", &mut good_then_bad),
+        ("empty", &mut empty),
+    ] {
+        let err = log.append(bytes, 0).unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidBatch { .. }),
+            "{name}: {err}"
+        );
+    }
+    assert!(matches!(
+        log.append(&mut too_large, 0),
+        Err(StorageError::BatchTooLarge {
+            size: _,
+            limit: 200
+        })
+    ));
+    assert_eq!(log.log_end_offset(), 1);
+    assert_eq!(dir_size(dir.path()), size, "nothing was written");
+    assert_eq!(values(&log).len(), 1);
+    // The CRC error names what was wrong.
+    let msg = log.append(&mut bad_crc.clone(), 0).unwrap_err().to_string();
+    assert!(msg.contains("CRC"), "{msg}");
+}
+
+#[test]
+fn corruption_below_the_recovery_point_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1 << 20,
+            ..config()
+        },
+        &clock,
+    );
+    for i in 0..5 {
+        log.append(&mut records(&[("k", Some(&format!("v{i}")))], 0), 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.append(&mut records(&[("k", Some("unflushed"))], 0), 0)
+        .unwrap();
+    log.checkpoint().unwrap();
+    drop(log); // crash
+    let path = segment_file(dir.path(), 0, LOG_SUFFIX, "");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[CRC_AT + 30] ^= 0xff; // inside the first batch, which was fsync'd
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Log::open(dir.path(), config(), Arc::new(clock)).unwrap_err();
+    match &err {
+        StorageError::CorruptHead {
+            path: p,
+            position,
+            recovery_point,
+            ..
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*position, 0);
+            assert_eq!(*recovery_point, 5);
+        }
+        other => panic!("expected CorruptHead, got {other}"),
+    }
+    assert!(
+        err.to_string().contains("00000000000000000000.log"),
+        "{err}"
+    );
+    // The file is left as it was for the operator.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn a_clean_open_does_not_scan_the_data() {
+    // Restart time after a clean shutdown must not grow with the data: the open reads only
+    // each segment's last index entry onwards. Proof: corruption in the middle of a sealed
+    // segment is not even looked at.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..40 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
+            .unwrap();
+    }
+    assert!(log.segments().len() > 3);
+    log.close().unwrap();
+    assert!(dir.path().join(CLEAN_SHUTDOWN_MARKER).exists());
+    let path = segment_file(dir.path(), 0, LOG_SUFFIX, "");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[CRC_AT + 30] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_end_offset(), 40);
+    assert!(
+        !dir.path().join(CLEAN_SHUTDOWN_MARKER).exists(),
+        "marker removed on open"
+    );
+    drop(log);
+    // After a crash the segment holding the recovery point is scanned, the rest trusted.
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_end_offset(), 40);
+}
+
+#[test]
+fn missing_or_broken_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..40 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], i), 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.update_high_watermark(40);
+    let before = values(&log);
+    log.checkpoint().unwrap();
+    drop(log);
+    std::fs::remove_file(segment_file(dir.path(), 0, INDEX_SUFFIX, "")).unwrap();
+    std::fs::write(
+        segment_file(dir.path(), 0, TIME_INDEX_SUFFIX, ""),
+        [0xffu8; 24],
+    )
+    .unwrap();
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(values(&log), before);
+    assert_eq!(log.offset_for_timestamp(3).unwrap(), Some((3, 3)));
+    assert!(
+        !log.segments()
+            .iter()
+            .next()
+            .unwrap()
+            .offset_index()
+            .is_empty()
+    );
+}
+
+#[test]
+fn torn_tail_is_truncated_and_later_segments_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..3 {
+        log.append(&mut records(&[("k", Some(&format!("{i}")))], 0), 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    for i in 3..30 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i}")))], 0), 0)
+            .unwrap();
+    }
+    let layout = log.durable_layout();
+    drop(log);
+    // Cut the segment holding the recovery point in the middle of its 5th batch.
+    let (path, _, size) = &layout[0];
+    let bytes = std::fs::read(path).unwrap();
+    let starts: Vec<usize> = {
+        let mut v = vec![];
+        let mut p = 0;
+        while p < bytes.len() {
+            v.push(p);
+            p += BatchHeader::parse(&bytes[p..]).unwrap().size();
+        }
+        v
+    };
+    std::fs::write(path, &bytes[..starts[4] + 10]).unwrap();
+    assert!(*size as usize > starts[4] + 10);
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(
+        log.segments().len(),
+        1,
+        "segments after the torn one are gone"
+    );
+    let vals: Vec<_> = values(&log).into_iter().map(|v| v.2.unwrap()).collect();
+    assert_eq!(vals, ["0", "1", "2", "value-3"]);
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_concurrent_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(RwLock::new(
+        Log::open(dir.path(), LogConfig::default(), Arc::new(SystemClock)).unwrap(),
+    ));
+    let commit = Arc::new(GroupCommit::new(0));
+    let threads = 8;
+    let per_thread = 25;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            let commit = commit.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    let mut batch = records(&[("k", Some(&format!("{t}-{i}")))], 0);
+                    let end = log
+                        .write()
+                        .unwrap()
+                        .append(&mut batch, 0)
+                        .unwrap()
+                        .last_offset
+                        + 1;
+                    commit
+                        .wait_durable(end, || {
+                            let job = log.read().unwrap().flush_job();
+                            let durable = job.run()?;
+                            log.read().unwrap().complete_flush(&job, durable);
+                            Ok(durable)
+                        })
+                        .unwrap();
+                    assert!(log.read().unwrap().recovery_point() >= end);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let total = (threads * per_thread) as i64;
+    let log = log.read().unwrap();
+    assert_eq!(log.recovery_point(), total);
+    assert_eq!(commit.durable_offset(), total);
+    assert_eq!(commit.flushes(), log.flushes());
+    // Every append waited for durability, yet fewer fsyncs ran than appends (with 8
+    // threads some always queue behind a running flush).
+    assert!(
+        commit.flushes() < total as u64,
+        "{} flushes for {total} appends",
+        commit.flushes()
+    );
+}
+
+fn compacting() -> LogConfig {
+    LogConfig {
+        cleanup_policy: CleanupPolicy::COMPACT,
+        min_cleanable_dirty_ratio: 0.0,
+        delete_retention_ms: 1000,
+        ..config()
+    }
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_per_key_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(10_000);
+    let mut log = open(dir.path(), compacting(), &clock);
+    for i in 0..30 {
+        let key = format!("k{}", i % 3);
+        log.append(&mut records(&[(&key, Some(&format!("v{i}")))], 10_000), 0)
+            .unwrap();
+    }
+    log.append(&mut records(&[("k0", None)], 10_000), 0)
+        .unwrap(); // tombstone at 30
+    log.roll().unwrap();
+    log.append(&mut records(&[("k1", Some("active"))], 10_000), 0)
+        .unwrap(); // 31
+    log.flush().unwrap();
+    let cleaner = Cleaner::new(CleanerConfig::default());
+    let summary = cleaner.clean_now(&mut log).unwrap().unwrap();
+    assert!(summary.records_removed > 20, "{summary:?}");
+    assert_eq!(summary.end_offset, 31);
+    assert!(summary.dirty_ratio > 0.9);
+    let stats = cleaner.stats();
+    assert!(stats.bytes_read.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(
+        values(&log),
+        vec![
+            (28, "k1".into(), Some("v28".into())),
+            (29, "k2".into(), Some("v29".into())),
+            (30, "k0".into(), None),
+            (31, "k1".into(), Some("active".into())),
+        ]
+    );
+    // Nothing dirty now: a second pass does nothing.
+    assert!(cleaner.clean_now(&mut log).unwrap().is_none());
+    // After delete.retention.ms the tombstone goes too, once its segment is cleaned again.
+    clock.advance_ms(2_000);
+    for i in 0..3 {
+        log.append(&mut records(&[("k2", Some(&format!("w{i}")))], 12_000), 0)
+            .unwrap();
+    }
+    log.roll().unwrap();
+    log.flush().unwrap();
+    log.set_config(LogConfig {
+        min_cleanable_dirty_ratio: 0.0,
+        ..compacting()
+    })
+    .unwrap();
+    cleaner.clean_now(&mut log).unwrap().unwrap();
+    assert_eq!(
+        values(&log),
+        vec![
+            (31, "k1".into(), Some("active".into())),
+            (34, "k2".into(), Some("w2".into()))
+        ]
+    );
+    // Offsets survive a reopen with the gaps.
+    log.close().unwrap();
+    let log = open(dir.path(), compacting(), &clock);
+    assert_eq!(values(&log).len(), 2);
+    assert_eq!(log.log_end_offset(), 35);
+}
+
+#[test]
+fn compaction_respects_the_dirty_ratio_and_never_touches_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            min_cleanable_dirty_ratio: 0.99,
+            ..compacting()
+        },
+        &clock,
+    );
+    for i in 0..10 {
+        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    let cleaner = Cleaner::new(CleanerConfig::default());
+    log.roll().unwrap();
+    log.append(&mut records(&[("same", Some("active"))], 0), 0)
+        .unwrap();
+    log.flush().unwrap();
+    // Some sealed segments are dirty; ratio 1.0 >= 0.99, so it cleans the sealed ones only.
+    cleaner.clean_now(&mut log).unwrap().unwrap();
+    let vals = values(&log);
+    assert_eq!(vals.len(), 2, "{vals:?}");
+    assert_eq!(vals[1].2.as_deref(), Some("active"));
+    // Now the clean part dominates: a few dirty bytes stay below the ratio.
+    log.roll().unwrap();
+    log.append(&mut records(&[("same", Some("x"))], 0), 0)
+        .unwrap();
+    log.roll().unwrap();
+    log.flush().unwrap();
+    let (ratio, plan) = cleaner::plan(&log);
+    assert!(
+        plan.is_none() && ratio < 0.99 && ratio > 0.0,
+        "ratio {ratio}"
+    );
+    assert!((cleaner.stats().last_dirty_ratio() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn the_offset_map_limit_bounds_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), compacting(), &clock);
+    for round in 0..3 {
+        for k in 0..10 {
+            log.append(
+                &mut records(&[(&format!("k{k}"), Some(&format!("r{round}")))], 0),
+                0,
+            )
+            .unwrap();
+        }
+    }
+    log.roll().unwrap();
+    log.flush().unwrap();
+    let small = Cleaner::new(CleanerConfig {
+        dedupe_buffer_bytes: 4 * cleaner::OFFSET_MAP_ENTRY_BYTES,
+        backoff_ms: 0,
+    });
+    let first = small.clean_now(&mut log).unwrap().unwrap();
+    assert!(first.end_offset < 30, "a 4-key map stops early: {first:?}");
+    let mut passes = 1;
+    while small.clean_now(&mut log).unwrap().is_some() {
+        passes += 1;
+        assert!(passes < 20);
+    }
+    // Fewer than 10 keys' worth per pass, still correct: every key keeps its latest.
+    let vals = values(&log);
+    for k in 0..10 {
+        let latest: Vec<_> = vals.iter().filter(|v| v.1 == format!("k{k}")).collect();
+        assert_eq!(latest.last().unwrap().2.as_deref(), Some("r2"));
+    }
+    let tiny = Cleaner::new(CleanerConfig {
+        dedupe_buffer_bytes: 0,
+        backoff_ms: 0,
+    });
+    log.append(&mut records(&[("k1", Some("a")), ("k2", Some("b"))], 0), 0)
+        .unwrap();
+    log.roll().unwrap();
+    log.flush().unwrap();
+    assert!(
+        tiny.clean_now(&mut log).is_ok(),
+        "one entry is the floor: progress, no error"
+    );
+}
+
+/// Each crash point of the swap leaves a complete, readable log.
+#[test]
+fn a_crash_at_any_step_of_the_compaction_swap_leaves_a_complete_log() {
+    let cleaned_values = vec![
+        (8, "k0".to_string(), Some("v8".to_string())),
+        (9, "k1".to_string(), Some("v9".to_string())),
+    ];
+    // (steps to perform after build, expect the cleaned result)
+    let cases: [(&[&str], bool); 4] = [
+        (&[], false),                           // only .cleaned files written
+        (&["index", "timeindex"], false),       // index swaps, no log swap: not committed
+        (&["index", "timeindex", "log"], true), // the commit point passed
+        (&["log"], true),                       // log swap without index swaps
+    ];
+    for (steps, committed) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..compacting()
+        };
+        let mut log = open(dir.path(), config.clone(), &clock);
+        for i in 0..10 {
+            log.append(
+                &mut records(&[(&format!("k{}", i % 2), Some(&format!("v{i}")))], 0),
+                0,
+            )
+            .unwrap();
+        }
+        log.roll().unwrap();
+        log.flush().unwrap();
+        let original = values(&log);
+        let (_, plan) = cleaner::plan(&log);
+        let built = cleaner::build(&plan.unwrap(), &CleanerConfig::default()).unwrap();
+        drop(built);
+        for kind in steps {
+            std::fs::rename(
+                segment_file(dir.path(), 0, kind, ".cleaned"),
+                segment_file(dir.path(), 0, kind, ".swap"),
+            )
+            .unwrap();
+        }
+        drop(log); // crash
+        let log = open(dir.path(), config, &clock);
+        let expected = if committed {
+            cleaned_values.clone()
+        } else {
+            original.clone()
+        };
+        assert_eq!(values(&log), expected, "steps {steps:?}");
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap") || n.ends_with(".deleted"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(log.log_end_offset(), 10);
+    }
+}
+
+#[test]
+fn retention_by_size_and_time_deletes_old_segments_and_moves_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(100_000);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..40 {
+        log.append(
+            &mut records(&[("k", Some(&format!("value-{i:03}")))], 100_000 + i),
+            0,
+        )
+        .unwrap();
+    }
+    log.update_high_watermark(40);
+    let segments = log.segments().len();
+    assert!(segments >= 4);
+    // Size: keep at least 800 bytes.
+    log.set_config(LogConfig {
+        retention_bytes: 800,
+        ..config()
+    })
+    .unwrap();
+    let outcome = log.apply_retention().unwrap();
+    assert!(outcome.deleted_segments > 0);
+    assert!(log.size_bytes() >= 800);
+    assert!(log.size_bytes() - log.segments().iter().next().unwrap().size() < 800);
+    let start = log.log_start_offset();
+    assert!(start > 0);
+    assert_eq!(log.segments().iter().next().unwrap().base_offset(), start);
+    let err = log
+        .read(start - 1, 100, ReadLimit::HighWatermark)
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::OffsetOutOfRange { log_start_offset, log_end_offset: 40, .. }
+            if log_start_offset == start),
+        "{err}"
+    );
+    // Time: everything sealed is older than 1 s at t+10 s; the active segment stays.
+    clock.advance_ms(10_000);
+    log.set_config(LogConfig {
+        retention_ms: 1_000,
+        ..config()
+    })
+    .unwrap();
+    log.apply_retention().unwrap();
+    assert_eq!(log.segments().len(), 1);
+    assert_eq!(
+        log.log_start_offset(),
+        log.segments().active().base_offset()
+    );
+    assert_eq!(log.log_end_offset(), 40);
+    // The start survives a crash.
+    let start = log.log_start_offset();
+    drop(log);
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_start_offset(), start);
+}
+
+#[test]
+fn delete_records_moves_the_start_within_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..20 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
+            .unwrap();
+    }
+    assert!(matches!(
+        log.delete_records(5),
+        Err(StorageError::DeleteBeyondHighWatermark { .. })
+    ));
+    log.update_high_watermark(20);
+    let segments = log.segments().len();
+    assert_eq!(log.delete_records(15).unwrap(), 15);
+    assert!(
+        log.segments().len() < segments,
+        "segments below the start are deleted"
+    );
+    assert_eq!(values(&log)[0].0, 15);
+    assert_eq!(log.delete_records(3).unwrap(), 15, "never moves back");
+    log.close().unwrap();
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_start_offset(), 15);
+}
+
+#[test]
+fn segments_roll_on_time_and_on_a_full_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_ms: 1_000,
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 1,
+            segment_index_bytes: 64,
+            ..config()
+        },
+        &clock,
+    );
+    log.append(&mut records(&[("k", Some("a"))], 0), 0).unwrap();
+    log.append(&mut records(&[("k", Some("b"))], 0), 0).unwrap();
+    assert_eq!(log.segments().len(), 1);
+    clock.advance_ms(1_000);
+    log.append(&mut records(&[("k", Some("c"))], 0), 0).unwrap();
+    assert_eq!(log.segments().len(), 2, "segment.ms rolled");
+    // 64-byte index: 5 time entries of 12 bytes; an entry per batch fills it quickly.
+    for i in 0..20 {
+        log.append(&mut records(&[("k", Some(&format!("{i}")))], i + 1), 0)
+            .unwrap();
+    }
+    assert!(
+        log.segments().len() > 4,
+        "full indexes rolled: {}",
+        log.segments().len()
+    );
+    assert_eq!(values(&log).len(), 23);
+}
+
+#[test]
+fn log_append_time_replaces_the_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(777_000);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            message_timestamp_type: TimestampType::LogAppendTime,
+            ..config()
+        },
+        &clock,
+    );
+    let info = log
+        .append(&mut records(&[("k", Some("a")), ("j", Some("b"))], 5), 0)
+        .unwrap();
+    assert_eq!(info.log_append_time_ms, Some(777_000));
+    let read = log.read(0, 1000, ReadLimit::LogEnd).unwrap();
+    let header = BatchHeader::validate(&read.records).unwrap();
+    assert!(header.is_log_append_time());
+    let recs = decode_records(&read.records).unwrap();
+    assert!(recs.iter().all(|r| r.timestamp_ms == 777_000));
+    log.update_high_watermark(2);
+    assert_eq!(log.offset_for_timestamp(6).unwrap(), Some((0, 777_000)));
+}
+
+#[test]
+fn reads_stop_at_the_high_watermark_and_return_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    log.append(
+        &mut records(&[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))], 0),
+        0,
+    )
+    .unwrap();
+    log.append(&mut records(&[("d", Some("4"))], 0), 0).unwrap();
+    assert!(
+        log.read(0, 1000, ReadLimit::HighWatermark)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    log.update_high_watermark(3);
+    let r = log.read(1, 1, ReadLimit::HighWatermark).unwrap();
+    let h = BatchHeader::validate(&r.records).unwrap();
+    assert_eq!(
+        (h.base_offset(), h.last_offset(), h.size()),
+        (0, 2, r.records.len()),
+        "a whole batch even over max_bytes"
+    );
+    assert!(
+        log.read(3, 1000, ReadLimit::HighWatermark)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    assert_eq!(
+        log.read(3, 1000, ReadLimit::LogEnd).unwrap().records.len(),
+        records(&[("d", Some("4"))], 0).len()
+    );
+}
+
+#[test]
+fn truncation_into_a_sealed_segment_keeps_readers_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..30 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 3)
+            .unwrap();
+    }
+    let held = log.read(0, 1 << 20, ReadLimit::LogEnd).unwrap().records; // a reader's bytes
+    let snapshot = held.to_vec();
+    log.truncate_to(2).unwrap();
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(
+        held.to_vec(),
+        snapshot,
+        "bytes held by a reader do not change"
+    );
+    log.append(&mut records(&[("k", Some("new"))], 0), 4)
+        .unwrap();
+    assert_eq!(
+        values(&log)
+            .iter()
+            .map(|v| v.2.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["value-000", "value-001", "new"]
+    );
+    assert_eq!(log.leader_epochs(), &[(3, 0), (4, 2)]);
+    assert_eq!(log.end_offset_for_epoch(3), Some((3, 2)));
+    drop(log);
+    let log = open(dir.path(), config(), &clock);
+    assert_eq!(log.log_end_offset(), 3);
+}
+
+#[test]
+fn the_background_cleaner_compacts_registered_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), compacting(), &clock);
+    for i in 0..20 {
+        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+            .unwrap();
+    }
+    log.roll().unwrap();
+    log.flush().unwrap();
+    let log = Arc::new(RwLock::new(log));
+    let registered = log.clone();
+    let cleaner = Arc::new(Cleaner::new(CleanerConfig {
+        backoff_ms: 10,
+        ..CleanerConfig::default()
+    }));
+    let stats = cleaner.stats();
+    let handle = cleaner.spawn(move || vec![registered.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while values(&log.read().unwrap()).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the background cleaner did not run"
+        );
+        std::thread::yield_now();
+    }
+    handle.shutdown();
+    assert!(stats.passes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(values(&log.read().unwrap())[0].2.as_deref(), Some("v19"));
+}

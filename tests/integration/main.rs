@@ -1,0 +1,4 @@
+//! Integration tests.
+
+mod storage_format;
+mod tidy;
