@@ -45,6 +45,14 @@ pub const PRODUCER_EPOCH_AT: usize = 51;
 pub const BASE_SEQUENCE_AT: usize = 53;
 pub const RECORD_COUNT_AT: usize = 57;
 
+/// The smallest encoded record: seven one-byte varints (length, attributes, timestamp
+/// delta, offset delta, key length, value length, header count).
+pub const RECORD_BYTES_MIN: usize = 7;
+/// The most records one batch may declare. Decoders reserve memory by the declared
+/// count, so it must be bounded before any decode; an uncompressed batch is further
+/// bounded by its size.
+pub const RECORD_COUNT_MAX: i32 = 1 << 20;
+
 /// Attribute bit: the timestamps are LogAppendTime.
 pub const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
 pub const ATTR_TRANSACTIONAL: i16 = 1 << 4;
@@ -64,7 +72,7 @@ pub enum ProtocolError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("record batch is {size} bytes, over the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
-    #[error("record batch has a negative record count or offset delta")]
+    #[error("record batch has an impossible record count or offset range")]
     InvalidCounts,
     #[error("unknown compression codec {0}")]
     UnknownCompression(i16),
@@ -135,11 +143,23 @@ impl<'a> BatchHeader<'a> {
         let header = BatchHeader {
             bytes: &bytes[..size],
         };
-        if header.last_offset_delta() < 0 || header.record_count() < 0 {
+        if header.last_offset_delta() < 0
+            || header.record_count() < 0
+            || header.record_count() > RECORD_COUNT_MAX
+            || header
+                .base_offset()
+                .checked_add(header.last_offset_delta() as i64)
+                .is_none()
+        {
             return Err(ProtocolError::InvalidCounts);
         }
         if header.compression_id() > 4 {
             return Err(ProtocolError::UnknownCompression(header.compression_id()));
+        }
+        if header.compression_id() == 0
+            && header.record_count() as usize > (size - HEADER_SIZE) / RECORD_BYTES_MIN
+        {
+            return Err(ProtocolError::InvalidCounts);
         }
         Ok(header)
     }
@@ -341,6 +361,28 @@ mod tests {
             BatchHeader::validate(&bytes),
             Err(ProtocolError::InvalidLength { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_impossible_record_counts() {
+        let mut bytes = sample();
+        bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(
+            BatchHeader::parse(&bytes).unwrap_err(),
+            ProtocolError::InvalidCounts
+        );
+        let mut bytes = sample();
+        bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&1000i32.to_be_bytes());
+        assert_eq!(
+            BatchHeader::parse(&bytes).unwrap_err(),
+            ProtocolError::InvalidCounts
+        );
+        let mut bytes = sample();
+        assign_offsets(&mut bytes, i64::MAX, 0);
+        assert_eq!(
+            BatchHeader::parse(&bytes).unwrap_err(),
+            ProtocolError::InvalidCounts
+        );
     }
 
     #[test]

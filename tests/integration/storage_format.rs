@@ -155,7 +155,7 @@ fn fixture_timestamp(b: usize, i: usize, g: usize, first_g: usize) -> i64 {
     let g = g as i64;
     match b {
         // Out of order within the batch.
-        5 => T0 + g * 1000 + if i % 2 == 0 { 700 } else { -700 },
+        5 => T0 + g * 1000 + if i.is_multiple_of(2) { 700 } else { -700 },
         // A late batch: older than everything since its first records.
         11 => T0 + 3000 + i as i64,
         // One timestamp for the whole batch.
@@ -293,7 +293,8 @@ fn write_fixture_log(dir: &Path) {
     log.close().expect("close");
 }
 
-/// Names of the files in `dir`, sorted; panics on a subdirectory.
+/// Names of the files in `dir`, sorted, without the `.lock` file (a runtime lock, not part
+/// of the format); panics on a subdirectory.
 fn list_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
@@ -306,6 +307,7 @@ fn list_files(dir: &Path) -> Vec<String> {
             );
             entry.file_name().to_string_lossy().into_owned()
         })
+        .filter(|name| name != ".lock")
         .collect();
     names.sort();
     names

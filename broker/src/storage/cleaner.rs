@@ -100,6 +100,7 @@ pub struct CleanSummary {
 /// A sealed segment as the cleaner sees it.
 #[derive(Debug, Clone)]
 struct SealedView {
+    log_path: PathBuf,
     base_offset: i64,
     next_offset: i64,
     size: u64,
@@ -116,11 +117,13 @@ pub struct CleanPlan {
     dirty_ratio: f64,
     now_ms: i64,
     delete_retention_ms: i64,
+    truncations: u64,
 }
 
 /// Phase 2's result.
 #[derive(Debug)]
 pub struct Built {
+    truncations: u64,
     end_offset: i64,
     first_dirty: i64,
     dirty_ratio: f64,
@@ -144,15 +147,17 @@ pub fn plan(log: &Log) -> (f64, Option<CleanPlan>) {
     if !config.cleanup_policy.compact {
         return (0.0, None);
     }
-    // Only durable segments (below the recovery point) are cleaned, so a crash can never
-    // meet a cleaned segment whose original tail is still expected by recovery.
-    let recovery_point = log.recovery_point();
+    // Only durable, committed segments (below the recovery point and the high watermark)
+    // are cleaned: a value is never removed in favour of a newer one that a crash or a
+    // replication truncation could still take away.
+    let upper_bound = log.recovery_point().min(log.high_watermark());
     let segments: Vec<SealedView> = log
         .segments()
         .iter()
-        .filter(|s| s.next_offset() <= recovery_point)
+        .filter(|s| s.next_offset() <= upper_bound)
         .filter_map(|s| {
             s.map().map(|map| SealedView {
+                log_path: s.log_path().to_path_buf(),
                 base_offset: s.base_offset(),
                 next_offset: s.next_offset(),
                 size: s.size(),
@@ -187,6 +192,7 @@ pub fn plan(log: &Log) -> (f64, Option<CleanPlan>) {
             dirty_ratio: ratio,
             now_ms: log.clock().now_ms(),
             delete_retention_ms: config.delete_retention_ms,
+            truncations: log.truncations(),
         }),
     )
 }
@@ -201,9 +207,21 @@ fn key_hash(key: &[u8]) -> u128 {
     ((a.finish() as u128) << 64) | b.finish() as u128
 }
 
-fn batches_of(view: &SealedView) -> impl Iterator<Item = BatchHeader<'_>> {
-    // Sealed segments were validated when written or recovered.
-    BatchIter::headers_only(view.map.as_slice()).map_while(|h| h.ok())
+/// The batches of a sealed segment; a batch that does not parse is reported with the
+/// segment's path (it was valid when written, so the disk changed under it).
+fn batches_of(view: &SealedView) -> Result<Vec<BatchHeader<'_>>> {
+    let mut position = 0u64;
+    let mut batches = Vec::new();
+    for header in BatchIter::headers_only(view.map.as_slice()) {
+        let header = header.map_err(|e| StorageError::CorruptSegment {
+            path: view.log_path.clone(),
+            position,
+            reason: e.to_string(),
+        })?;
+        position += header.size() as u64;
+        batches.push(header);
+    }
+    Ok(batches)
 }
 
 fn codec(e: fjord_protocol::ProtocolError) -> StorageError {
@@ -227,8 +245,13 @@ pub fn build(plan: &CleanPlan, config: &CleanerConfig) -> Result<Built> {
         .filter(|s| s.next_offset > plan.first_dirty)
     {
         bytes_read += view.size;
-        for header in batches_of(view) {
-            if header.last_offset() < plan.first_dirty || header.is_control() {
+        for header in batches_of(view)? {
+            // Control and transactional batches are kept as they are and never supersede
+            // anything (an aborted write must not delete a committed value).
+            if header.last_offset() < plan.first_dirty
+                || header.is_control()
+                || header.is_transactional()
+            {
                 continue;
             }
             for record in decode_records(header.as_bytes()).map_err(codec)? {
@@ -263,7 +286,7 @@ pub fn build(plan: &CleanPlan, config: &CleanerConfig) -> Result<Built> {
     for view in plan.segments.iter().filter(|s| s.base_offset < end_offset) {
         let mut kept: Vec<(Vec<u8>, BatchMeta)> = Vec::new();
         let mut changed = false;
-        for header in batches_of(view) {
+        for header in batches_of(view)? {
             if header.is_control() || header.is_transactional() {
                 kept.push((header.as_bytes().to_vec(), BatchMeta::of(&header)));
                 continue;
@@ -275,13 +298,17 @@ pub fn build(plan: &CleanPlan, config: &CleanerConfig) -> Result<Built> {
                 .into_iter()
                 .filter(|r| {
                     let Some(key) = &r.key else { return true };
-                    if map
-                        .get(&key_hash(key))
-                        .is_some_and(|&latest| latest > r.offset)
-                    {
+                    let latest = map.get(&key_hash(key)).copied();
+                    if latest.is_some_and(|latest| latest > r.offset) {
                         return false;
                     }
-                    !(r.value.is_none() && old_tombstone)
+                    // An expired tombstone goes only when no older value of its key can be
+                    // left behind: it is the latest the map saw in this pass, or it lies in
+                    // the clean part, whose older values earlier passes removed. Past the
+                    // end of the pass (the map filled) it always stays.
+                    let is_latest = latest == Some(r.offset)
+                        || (latest.is_none() && r.offset < plan.first_dirty);
+                    !(r.value.is_none() && old_tombstone && is_latest && r.offset < end_offset)
                 })
                 .collect();
             records_removed += (total - retained.len()) as u64;
@@ -325,6 +352,7 @@ pub fn build(plan: &CleanPlan, config: &CleanerConfig) -> Result<Built> {
         });
     }
     Ok(Built {
+        truncations: plan.truncations,
         end_offset,
         first_dirty: plan.first_dirty,
         dirty_ratio: plan.dirty_ratio,
@@ -358,7 +386,20 @@ pub fn commit(log: &mut Log, built: Built) -> Result<CleanSummary> {
         bytes_written: 0,
         records_removed: built.records_removed,
     };
-    let mut still_valid = true;
+    if log.truncations() != built.truncations {
+        // A truncation may have removed the newer values the pass relied on.
+        for output in &built.outputs {
+            for kind in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                super::segment::remove_if_exists(&segment_file(
+                    &dir,
+                    output.base_offset,
+                    kind,
+                    ".cleaned",
+                ))?;
+            }
+        }
+        return Ok(summary);
+    }
     for output in built.outputs {
         let base = output.base_offset;
         let current = log
@@ -367,8 +408,8 @@ pub fn commit(log: &mut Log, built: Built) -> Result<CleanSummary> {
             .filter(|s| s.map().is_some_and(|m| m.same_as(&output.original)))
             .is_some();
         if !current {
-            // Retention or truncation replaced the segment meanwhile: drop the work.
-            still_valid = false;
+            // Retention deleted the segment meanwhile (one pass runs per log at a time and
+            // truncations abort above): drop that part of the work.
             for kind in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
                 super::segment::remove_if_exists(&segment_file(&dir, base, kind, ".cleaned"))?;
             }
@@ -385,19 +426,14 @@ pub fn commit(log: &mut Log, built: Built) -> Result<CleanSummary> {
                 // The log's rename to `.swap` (last) is the commit point.
                 rename_segment_files(&dir, base, ".cleaned", ".swap")?;
                 rename_segment_files(&dir, base, ".swap", "")?;
-                let mut segment = Segment::open(&dir, base, options, true, now)?;
-                if !segment.load_tail()? {
-                    segment.recover()?;
-                }
+                let segment = Segment::open_sealed_checked(&dir, base, options, now)?;
                 log.replace_segment_with(base, Some(segment))?;
                 summary.segments_rewritten += 1;
                 summary.bytes_written += size;
             }
         }
     }
-    if still_valid {
-        log.set_cleaner_offset(built.end_offset)?;
-    }
+    log.set_cleaner_offset(built.end_offset)?;
     Ok(summary)
 }
 
@@ -468,15 +504,23 @@ impl Cleaner {
     /// One pass over a shared log: plans under the read lock, builds without a lock,
     /// swaps under the write lock.
     pub fn clean(&self, log: &RwLock<Log>) -> Result<Option<CleanSummary>> {
-        let (ratio, plan) = plan(&log.read().unwrap_or_else(|p| p.into_inner()));
-        let Some(plan) = plan else {
-            self.record(ratio, None);
+        let read = || log.read().unwrap_or_else(|p| p.into_inner());
+        if !read().try_start_cleaning() {
             return Ok(None);
-        };
-        let built = build(&plan, &self.config)?;
-        let summary = commit(&mut log.write().unwrap_or_else(|p| p.into_inner()), built)?;
-        self.record(ratio, Some(&summary));
-        Ok(Some(summary))
+        }
+        let result = (|| {
+            let (ratio, plan) = plan(&read());
+            let Some(plan) = plan else {
+                self.record(ratio, None);
+                return Ok(None);
+            };
+            let built = build(&plan, &self.config)?;
+            let summary = commit(&mut log.write().unwrap_or_else(|p| p.into_inner()), built)?;
+            self.record(ratio, Some(&summary));
+            Ok(Some(summary))
+        })();
+        read().finish_cleaning();
+        result
     }
 
     /// One pass with exclusive access.

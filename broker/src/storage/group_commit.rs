@@ -75,21 +75,65 @@ impl GroupCommit {
         }
         state.flushing = true;
         drop(state);
+        // Even if `flush` panics, the next waiter must be able to take over.
+        let guard = FlushingGuard(self);
         let result = flush();
-        let mut state = self.lock();
-        state.flushing = false;
-        state.flushes += 1;
+        drop(guard);
         if let Ok(durable) = result {
+            let mut state = self.lock();
             state.durable_offset = state.durable_offset.max(durable);
         }
-        drop(state);
         self.flushed.notify_all();
         result.map(|_| ())
     }
 
-    /// After a truncation: offsets at or above `offset` are no longer durable.
+    /// After a truncation: offsets at or above `offset` are no longer durable. `flush`
+    /// closures must return the offset the log actually published (the log's recovery
+    /// point), which a truncation during the flush keeps from moving.
     pub fn truncate(&self, offset: i64) {
         let mut state = self.lock();
         state.durable_offset = state.durable_offset.min(offset);
+    }
+}
+
+/// Clears `flushing` and wakes the waiters when the flusher is done, even by panic.
+struct FlushingGuard<'a>(&'a GroupCommit);
+
+impl Drop for FlushingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.flushing = false;
+        state.flushes += 1;
+        drop(state);
+        self.0.flushed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_flush_does_not_block_the_next_waiter() {
+        let commit = std::sync::Arc::new(GroupCommit::new(0));
+        let c = commit.clone();
+        let panicked = std::thread::spawn(move || {
+            c.wait_durable(5, || panic!("disk on fire")).unwrap();
+        })
+        .join();
+        assert!(panicked.is_err());
+        commit.wait_durable(5, || Ok(5)).unwrap();
+        assert_eq!(commit.durable_offset(), 5);
+        assert_eq!(commit.flushes(), 2);
+    }
+
+    #[test]
+    fn a_failed_flush_reports_and_publishes_nothing() {
+        let commit = GroupCommit::new(0);
+        let err = commit.wait_durable(5, || {
+            Err(crate::storage::StorageError::LogOffline { dir: "x".into() })
+        });
+        assert!(err.is_err());
+        assert_eq!(commit.durable_offset(), 0);
     }
 }

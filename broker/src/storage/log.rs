@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use fjord_protocol::batch::{self, BatchHeader};
@@ -29,6 +29,8 @@ use super::{IoContext, Result, StorageError};
 pub const META_CHECKPOINT: &str = "meta.checkpoint";
 /// Present only between a clean close and the next open.
 pub const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+/// Locked (flock) while a `Log` has the directory open.
+pub const LOCK_FILE: &str = ".lock";
 
 /// The segments of a log, ordered by base offset; the last one is the active segment.
 #[derive(Debug, Default)]
@@ -43,7 +45,7 @@ impl Segments {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-    pub fn iter(&self) -> impl Iterator<Item = &Segment> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Segment> {
         self.map.values()
     }
     pub fn active(&self) -> &Segment {
@@ -157,6 +159,16 @@ pub struct Log {
     epochs: LeaderEpochCache,
     truncations: AtomicU64,
     flushes: AtomicU64,
+    /// Set by an I/O error on a write path or a failed fsync: the log refuses every
+    /// change until it is reopened (recovery then decides what survived). A failed fsync
+    /// is never retried: the kernel may have dropped the dirty pages it could not write.
+    offline: AtomicBool,
+    /// A compaction pass is running on this log.
+    cleaning: AtomicBool,
+    /// Serializes checkpoint writes (they share a temporary file name).
+    meta_lock: Mutex<()>,
+    /// Holds the directory's lock for the life of the `Log`.
+    _dir_lock: fs::File,
 }
 
 struct Meta {
@@ -174,14 +186,31 @@ impl Log {
     pub fn open(dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> Result<Log> {
         config.validate()?;
         fs::create_dir_all(dir).at(dir)?;
-        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
-        let mut clean = marker.exists();
+        let lock_path = dir.join(LOCK_FILE);
+        let dir_lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
         let now = clock.now_ms();
         let options = SegmentOptions {
             index_bytes: config.segment_index_bytes,
             index_interval_bytes: config.index_interval_bytes,
         };
+        // First: a compaction swap that passed its commit point also clears the marker.
         finish_interrupted_operations(dir)?;
+        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+        let mut clean = marker.exists();
         let bases = list_segments(dir)?;
         let meta = match read_meta(dir) {
             Ok(meta) => meta,
@@ -218,6 +247,10 @@ impl Log {
             epochs: LeaderEpochCache::load(dir)?,
             truncations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            offline: AtomicBool::new(false),
+            cleaning: AtomicBool::new(false),
+            meta_lock: Mutex::new(()),
+            _dir_lock: dir_lock,
         };
         log.load_segments(recovery_point, clean)?;
         if log.segments.is_empty() {
@@ -278,24 +311,12 @@ impl Log {
                 tracing::warn!(segment = %path, "rebuilding inconsistent indexes");
             }
             let outcome = segment.recover()?;
+            // The cache is written before the data, but a crash may have lost its file
+            // update: what the scan saw is the truth.
+            for &(epoch, start) in &outcome.epochs {
+                self.epochs.assign(epoch, start)?;
+            }
             let Some(invalid) = outcome.invalid else {
-                // Above the recovery point the log must be a prefix of what was written:
-                // a segment that ends before the next one begins lost its tail (the later
-                // file reached the disk, this one's end did not). Drop what follows.
-                let ends_short = next_base.is_some_and(|n| segment.next_offset() < n);
-                if !clean && !below_recovery_point && ends_short {
-                    tracing::warn!(
-                        segment = %segment.log_path().display(),
-                        next_offset = segment.next_offset(),
-                        "segment ends before the next one starts; dropping later segments"
-                    );
-                    for &later in &bases[i + 1..] {
-                        if let Some(s) = self.segments.remove(later) {
-                            s.delete()?;
-                        }
-                    }
-                    break;
-                }
                 continue;
             };
             if below_recovery_point
@@ -338,7 +359,7 @@ impl Log {
             let size = active.size();
             active.unseal(size)?;
             if !active.load_tail()? {
-                active.recover()?;
+                active.recover_or_report()?;
             }
         }
         Ok(())
@@ -381,6 +402,29 @@ impl Log {
     pub fn leader_epochs(&self) -> &[(i32, i64)] {
         self.epochs.entries()
     }
+    /// Whether an I/O error took the log offline (see [`StorageError::LogOffline`]).
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::SeqCst)
+    }
+
+    fn check_online(&self) -> Result<()> {
+        if self.is_offline() {
+            return Err(StorageError::LogOffline {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the log offline if `result` is an I/O failure.
+    fn offline_on_io<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(StorageError::Io { path, source }) = &result {
+            tracing::error!(path = %path.display(), error = %source, "I/O error: log offline");
+            self.offline.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
     /// How many flushes have completed.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::SeqCst)
@@ -409,6 +453,7 @@ impl Log {
     /// baseOffset and partitionLeaderEpoch in place (and LogAppendTime timestamps if the
     /// log uses them), and writes them with one write. On error the log is unchanged.
     pub fn append(&mut self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+        self.check_online()?;
         let sizes = self.validate(batches)?;
         let now = self.clock.now_ms();
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
@@ -423,14 +468,27 @@ impl Log {
             }
             let header = BatchHeader::parse(bytes)
                 .map_err(|source| StorageError::InvalidBatch { position, source })?;
+            // A producer's batch holds exactly its offset range (Kafka: "inconsistent
+            // batch offset range").
+            if header.record_count() < 1 || header.last_offset_delta() != header.record_count() - 1
+            {
+                return Err(StorageError::InvalidBatch {
+                    position,
+                    source: fjord_protocol::ProtocolError::InvalidCounts,
+                });
+            }
             let meta = BatchMeta::of(&header);
             next = meta.last_offset + 1;
             metas.push(meta);
             position += size;
         }
         let first_offset = self.log_end_offset;
-        self.write(batches, &metas)?;
-        self.epochs.assign(leader_epoch, first_offset)?;
+        // The epoch first: an entry without data is trimmed on open, data without its
+        // entry would mislead replication.
+        let assigned = self.epochs.assign(leader_epoch, first_offset);
+        self.offline_on_io(assigned)?;
+        let written = self.write(batches, &metas);
+        self.offline_on_io(written)?;
         Ok(AppendInfo {
             first_offset,
             last_offset: next - 1,
@@ -443,6 +501,7 @@ impl Log {
     /// Appends batches that already carry their offsets and epochs (a follower copying
     /// its leader). Offsets must increase from the log end; gaps are allowed.
     pub fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
+        self.check_online()?;
         let sizes = self.validate(batches)?;
         let mut metas = Vec::with_capacity(sizes.len());
         let mut expected = self.log_end_offset;
@@ -464,10 +523,12 @@ impl Log {
             position += size;
         }
         let first_offset = metas[0].base_offset;
-        self.write(batches, &metas)?;
         for (epoch, offset) in epochs {
-            self.epochs.assign(epoch, offset)?;
+            let assigned = self.epochs.assign(epoch, offset);
+            self.offline_on_io(assigned)?;
         }
+        let written = self.write(batches, &metas);
+        self.offline_on_io(written)?;
         Ok(AppendInfo {
             first_offset,
             last_offset: expected - 1,
@@ -507,6 +568,13 @@ impl Log {
 
     fn write(&mut self, bytes: &[u8], metas: &[BatchMeta]) -> Result<()> {
         let last_offset = metas.last().expect("at least one batch").last_offset;
+        if last_offset - metas[0].base_offset > u32::MAX as i64 {
+            // Not even a new segment could index it.
+            return Err(StorageError::InvalidBatch {
+                position: 0,
+                source: fjord_protocol::ProtocolError::InvalidCounts,
+            });
+        }
         if self.should_roll(bytes.len() as u64, last_offset) {
             self.roll_at(metas[0].base_offset)?;
         }
@@ -529,32 +597,41 @@ impl Log {
     /// Seals the active segment and starts a new one at the log end offset (no-op when
     /// the active segment is empty).
     pub fn roll(&mut self) -> Result<()> {
+        self.check_online()?;
         if self.segments.active().is_empty() {
             return Ok(());
         }
-        self.roll_at(self.log_end_offset)
+        let rolled = self.roll_at(self.log_end_offset);
+        self.offline_on_io(rolled)
     }
 
+    /// Seals the active segment, fsyncs it, and only then creates the next one: so every
+    /// sealed segment is durable and complete, and only the last segment of a log can
+    /// ever have a torn tail. The recovery point moves to the log end.
     fn roll_at(&mut self, base_offset: i64) -> Result<()> {
         let options = self.segment_options();
         let now = self.clock.now_ms();
         let active = self.segments.active_mut();
+        let old = active.base_offset();
         if active.is_empty() {
             // Nothing to seal: start the (empty) active segment at the new base instead.
-            let old = active.base_offset();
             if old == base_offset {
                 return Ok(());
             }
+            let new = Segment::create(&self.dir, base_offset, options, now)?;
             if let Some(s) = self.segments.remove(old) {
                 s.delete()?;
             }
+            self.segments.insert(new);
         } else {
             active.seal()?;
+            active.flush()?;
+            let durable = self.log_end_offset;
+            self.segments
+                .insert(Segment::create(&self.dir, base_offset, options, now)?);
+            self.recovery_point.fetch_max(durable, Ordering::SeqCst);
         }
-        self.segments
-            .insert(Segment::create(&self.dir, base_offset, options, now)?);
-        checkpoint::sync_dir(&self.dir)?;
-        Ok(())
+        checkpoint::sync_dir(&self.dir)
     }
 
     /// Whole batches from the one holding `offset`, at most `max_bytes` (at least one
@@ -617,23 +694,46 @@ impl Log {
     /// start offset empties the log and restarts it at `offset`.
     pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
         assert!(offset >= 0, "truncate to negative offset {offset}");
+        self.check_online()?;
         if offset >= self.log_end_offset {
             return Ok(());
         }
+        let truncated = self.truncate_files(offset);
+        self.offline_on_io(truncated)
+    }
+
+    fn truncate_files(&mut self, offset: i64) -> Result<()> {
         *self.truncations.get_mut() += 1;
+        // Where the kept data will end: before a batch that straddles `offset`, or at the
+        // end of the data when `offset` falls in a gap.
+        let new_end = match self.segments.floor(offset - 1) {
+            Some(segment) if offset >= self.log_start_offset => match segment.find(offset)? {
+                Some((_, straddler)) => straddler.base_offset.min(offset),
+                None => segment.next_offset().min(offset),
+            },
+            _ => offset,
+        };
+        // Persist the lower recovery point before any file changes, so a crash midway
+        // never leaves a log that ends below its checkpointed recovery point.
+        let rp = self.recovery_point.get_mut();
+        *rp = (*rp).min(new_end);
+        self.cleaner_offset = self.cleaner_offset.min(offset);
+        self.write_meta()?;
         if offset < self.log_start_offset {
             return self.truncate_fully_and_start_at(offset);
         }
+        let keeps_one = self.segments.iter().any(|s| s.base_offset() < offset);
+        if !keeps_one {
+            return self.truncate_fully_and_start_at(offset);
+        }
+        // Newest first, so a crash midway leaves a prefix, never a hole.
         let later: Vec<i64> = self
             .segments
             .iter()
             .map(Segment::base_offset)
             .filter(|&b| b >= offset)
+            .rev()
             .collect();
-        let keeps_one = self.segments.iter().any(|s| s.base_offset() < offset);
-        if !keeps_one {
-            return self.truncate_fully_and_start_at(offset);
-        }
         for base in later {
             if let Some(s) = self.segments.remove(base) {
                 s.delete()?;
@@ -651,7 +751,12 @@ impl Log {
     }
 
     fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
-        let bases: Vec<i64> = self.segments.iter().map(Segment::base_offset).collect();
+        let bases: Vec<i64> = self
+            .segments
+            .iter()
+            .map(Segment::base_offset)
+            .rev()
+            .collect();
         for base in bases {
             if let Some(s) = self.segments.remove(base) {
                 s.delete()?;
@@ -685,6 +790,7 @@ impl Log {
     /// Kafka's DeleteRecords: moves the log start offset up to `offset` (at most the high
     /// watermark) and deletes the segments wholly below it.
     pub fn delete_records(&mut self, offset: i64) -> Result<i64> {
+        self.check_online()?;
         if offset > self.high_watermark {
             return Err(StorageError::DeleteBeyondHighWatermark {
                 offset,
@@ -693,13 +799,17 @@ impl Log {
         }
         if offset > self.log_start_offset {
             self.log_start_offset = offset;
-            self.epochs.truncate_from_start(offset)?;
-            self.write_meta()?;
-            self.execute_retention(&RetentionPolicy {
+            let persisted = self
+                .epochs
+                .truncate_from_start(offset)
+                .and_then(|()| self.write_meta());
+            self.offline_on_io(persisted)?;
+            let deleted = self.execute_retention(&RetentionPolicy {
                 retention_ms: -1,
                 retention_bytes: -1,
                 delete_enabled: false,
-            })?;
+            });
+            self.offline_on_io(deleted)?;
         }
         Ok(self.log_start_offset)
     }
@@ -714,7 +824,11 @@ impl Log {
                 base_offset: s.base_offset(),
                 next_offset: s.next_offset(),
                 size_bytes: s.size(),
-                max_timestamp: s.max_timestamp(),
+                max_timestamp: if s.max_timestamp() == segment::NO_TIMESTAMP {
+                    s.last_modified_ms()
+                } else {
+                    s.max_timestamp()
+                },
                 sealed: i + 1 < count,
             })
             .collect()
@@ -723,21 +837,23 @@ impl Log {
     /// Applies `retention.ms`, `retention.bytes` (when `cleanup.policy` has `delete`) and
     /// the log start offset: deletes whole sealed segments, oldest first.
     pub fn apply_retention(&mut self) -> Result<RetentionOutcome> {
+        self.check_online()?;
         let policy = RetentionPolicy {
             retention_ms: self.config.retention_ms,
             retention_bytes: self.config.retention_bytes,
             delete_enabled: self.config.cleanup_policy.delete,
         };
-        self.execute_retention(&policy)
+        let outcome = self.execute_retention(&policy);
+        self.offline_on_io(outcome)
     }
 
     fn execute_retention(&mut self, policy: &RetentionPolicy) -> Result<RetentionOutcome> {
-        let plan = retention::plan(
-            &self.segment_summaries(),
-            self.log_start_offset,
-            self.clock.now_ms(),
-            policy,
-        );
+        let position = retention::LogPosition {
+            log_start_offset: self.log_start_offset,
+            high_watermark: self.high_watermark,
+            now_ms: self.clock.now_ms(),
+        };
+        let plan = retention::plan(&self.segment_summaries(), position, policy);
         let mut outcome = RetentionOutcome::default();
         if plan.delete.is_empty() {
             return Ok(outcome);
@@ -746,7 +862,10 @@ impl Log {
             // Persist the new start first: a crash after it leaves segments that the next
             // open deletes again; the reverse order could resurrect deleted records.
             self.log_start_offset = self.log_start_offset.max(start);
-            self.high_watermark = self.high_watermark.max(self.log_start_offset);
+            assert!(
+                self.log_start_offset <= self.high_watermark,
+                "retention above the HW"
+            );
             self.cleaner_offset = self.cleaner_offset.max(self.log_start_offset);
             self.epochs.truncate_from_start(self.log_start_offset)?;
             self.write_meta()?;
@@ -764,9 +883,10 @@ impl Log {
     }
 
     /// The fsync work of a flush, to run without holding the log's lock.
-    pub fn flush_job(&self) -> FlushJob {
+    pub fn flush_job(&self) -> Result<FlushJob> {
+        self.check_online()?;
         let recovery_point = self.recovery_point();
-        FlushJob {
+        Ok(FlushJob {
             files: self
                 .segments
                 .from(recovery_point)
@@ -774,25 +894,36 @@ impl Log {
                 .collect(),
             up_to: self.log_end_offset,
             truncations: self.truncations.load(Ordering::SeqCst),
-        }
+        })
     }
 
     /// Publishes a finished flush: moves the recovery point, unless the log was truncated
-    /// meanwhile (then the job's offset may name data that is gone or rewritten).
-    pub fn complete_flush(&self, job: &FlushJob, durable: i64) {
+    /// meanwhile (then the job's offset may name data that is gone or rewritten). A failed
+    /// job takes the log offline. Returns the recovery point, the offset below which data
+    /// is durable, which is what a [`GroupCommit`](super::GroupCommit) may publish.
+    pub fn complete_flush(&self, job: &FlushJob, outcome: Result<i64>) -> Result<i64> {
+        let durable = self.offline_on_io(outcome)?;
         self.flushes.fetch_add(1, Ordering::SeqCst);
         if self.truncations.load(Ordering::SeqCst) == job.truncations {
             self.recovery_point
                 .fetch_max(durable.min(self.log_end_offset), Ordering::SeqCst);
         }
+        Ok(self.recovery_point())
     }
 
     /// fsync everything appended so far; returns the new recovery point.
     pub fn flush(&self) -> Result<i64> {
-        let job = self.flush_job();
-        let durable = job.run()?;
-        self.complete_flush(&job, durable);
-        Ok(self.recovery_point())
+        let job = self.flush_job()?;
+        self.complete_flush(&job, job.run())
+    }
+
+    /// [`flush`](Self::flush) of a shared log: the job is taken and published under the
+    /// read lock, the fsync runs with no lock held, so appends go on meanwhile.
+    pub fn flush_shared(log: &RwLock<Log>) -> Result<i64> {
+        let read = || log.read().unwrap_or_else(|p| p.into_inner());
+        let job = read().flush_job()?;
+        let outcome = job.run();
+        read().complete_flush(&job, outcome)
     }
 
     /// Persists the log start offset, recovery point, high watermark and cleaner offset.
@@ -802,6 +933,7 @@ impl Log {
     }
 
     fn write_meta(&self) -> Result<()> {
+        let _serialized = self.meta_lock.lock().unwrap_or_else(|p| p.into_inner());
         checkpoint::write(
             &self.dir.join(META_CHECKPOINT),
             &[
@@ -816,6 +948,7 @@ impl Log {
     /// Clean shutdown: flush, trim the indexes, checkpoint, and write the marker that lets
     /// the next open skip recovery.
     pub fn close(mut self) -> Result<()> {
+        self.check_online()?;
         self.flush()?;
         self.segments.active_mut().seal()?;
         self.write_meta()?;
@@ -858,6 +991,20 @@ impl Log {
     }
 
     // --- for the cleaner ---
+
+    /// Marks a compaction pass as running; `false` if one already is.
+    pub(super) fn try_start_cleaning(&self) -> bool {
+        !self.cleaning.swap(true, Ordering::SeqCst)
+    }
+
+    pub(super) fn finish_cleaning(&self) {
+        self.cleaning.store(false, Ordering::SeqCst);
+    }
+
+    /// Changes each time the log is truncated (the cleaner aborts a pass across one).
+    pub(super) fn truncations(&self) -> u64 {
+        self.truncations.load(Ordering::SeqCst)
+    }
 
     pub(super) fn set_cleaner_offset(&mut self, offset: i64) -> Result<()> {
         self.cleaner_offset = offset.min(self.log_end_offset);

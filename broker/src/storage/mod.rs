@@ -89,6 +89,16 @@ pub enum StorageError {
         recovery_point: i64,
         reason: String,
     },
+    #[error("corrupt data in sealed segment {path} at position {position}: {reason}")]
+    CorruptSegment {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("log {dir} is offline after an I/O error; restart to recover it")]
+    LogOffline { dir: PathBuf },
+    #[error("log {dir} is in use by another process or log instance")]
+    Locked { dir: PathBuf },
     #[error("corrupt checkpoint file {path}: {reason}")]
     CorruptCheckpoint { path: PathBuf, reason: String },
     #[error("cannot delete records before {offset}: above the high watermark {high_watermark}")]

@@ -422,6 +422,9 @@ fn run_model(config: LogConfig, ops: Vec<Op>) {
                 if flush_first {
                     l.flush().unwrap();
                 }
+                if ratio % 2 == 0 {
+                    l.update_high_watermark(l.log_end_offset());
+                }
                 let mut c = config.clone();
                 c.min_cleanable_dirty_ratio = ratio as f64 / 8.0;
                 l.set_config(c).unwrap();
@@ -506,6 +509,14 @@ fn check_compaction(
             .iter()
             .any(|(o, r)| o > offset && r.0.as_ref() == Some(key));
         let expired_tombstone = rec.1.is_none() && rec.2 < tombstone_horizon;
+        if !superseded {
+            // Removing a key's latest record (an expired tombstone) must not bring back
+            // an older value of the key.
+            assert!(
+                after.iter().all(|(_, r)| r.0.as_ref() != Some(key)),
+                "compaction resurrected a deleted key at {offset}"
+            );
+        }
         assert!(
             superseded || expired_tombstone,
             "compaction removed the latest value of a key at {offset}"

@@ -45,13 +45,26 @@ pub struct RetentionPlan {
     pub new_log_start_offset: Option<i64>,
 }
 
+/// Where the log stands when retention plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub log_start_offset: i64,
+    /// Segments are deleted only when wholly below it (as Kafka: never unreplicated data).
+    pub high_watermark: i64,
+    pub now_ms: i64,
+}
+
 /// Decides what retention deletes. `segments` is ordered by base offset.
 pub fn plan(
     segments: &[SegmentSummary],
-    log_start_offset: i64,
-    now_ms: i64,
+    at: LogPosition,
     policy: &RetentionPolicy,
 ) -> RetentionPlan {
+    let LogPosition {
+        log_start_offset,
+        high_watermark,
+        now_ms,
+    } = at;
     let mut result = RetentionPlan::default();
     let mut total: u64 = segments.iter().map(|s| s.size_bytes).sum();
     for (i, segment) in segments.iter().enumerate() {
@@ -60,7 +73,9 @@ pub fn plan(
             break;
         }
         let next_base = segments[i + 1].base_offset;
-        let reason = if next_base <= log_start_offset {
+        let reason = if next_base > high_watermark {
+            None
+        } else if next_base <= log_start_offset {
             Some(Reason::BelowLogStart)
         } else if policy.delete_enabled
             && policy.retention_ms >= 0
@@ -101,6 +116,36 @@ mod tests {
         }
     }
 
+    fn at(log_start_offset: i64, now_ms: i64) -> LogPosition {
+        LogPosition {
+            log_start_offset,
+            high_watermark: i64::MAX,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn never_deletes_above_the_high_watermark() {
+        let segments = [
+            seg(0, 10, 100, 0, true),
+            seg(10, 20, 100, 0, true),
+            seg(20, 25, 100, 0, false),
+        ];
+        let policy = RetentionPolicy {
+            retention_ms: 1,
+            ..KEEP
+        };
+        let position = LogPosition {
+            log_start_offset: 0,
+            high_watermark: 15,
+            now_ms: 1_000,
+        };
+        assert_eq!(
+            plan(&segments, position, &policy).delete,
+            vec![(0, Reason::Time)]
+        );
+    }
+
     const KEEP: RetentionPolicy = RetentionPolicy {
         retention_ms: -1,
         retention_bytes: -1,
@@ -118,7 +163,7 @@ mod tests {
             retention_ms: 2_000,
             ..KEEP
         };
-        let plan = plan(&segments, 0, 6_000, &policy);
+        let plan = plan(&segments, at(0, 6_000), &policy);
         assert_eq!(plan.delete, vec![(0, Reason::Time)]);
         assert_eq!(plan.new_log_start_offset, Some(10));
     }
@@ -134,13 +179,13 @@ mod tests {
             retention_bytes: 150,
             ..KEEP
         };
-        let plan = plan(&segments, 0, 0, &policy);
+        let plan = plan(&segments, at(0, 0), &policy);
         assert_eq!(plan.delete, vec![(0, Reason::Size)]);
         let policy = RetentionPolicy {
             retention_bytes: 100,
             ..KEEP
         };
-        assert_eq!(super::plan(&segments, 0, 0, &policy).delete.len(), 2);
+        assert_eq!(super::plan(&segments, at(0, 0), &policy).delete.len(), 2);
     }
 
     #[test]
@@ -155,7 +200,7 @@ mod tests {
             delete_enabled: false,
             ..KEEP
         };
-        let plan = plan(&segments, 15, 1_000_000, &policy);
+        let plan = plan(&segments, at(15, 1_000_000), &policy);
         assert_eq!(plan.delete, vec![(0, Reason::BelowLogStart)]);
         assert_eq!(plan.new_log_start_offset, Some(15));
     }
@@ -168,6 +213,6 @@ mod tests {
             retention_bytes: 0,
             delete_enabled: true,
         };
-        assert!(plan(&segments, 0, 1_000_000, &policy).delete.is_empty());
+        assert!(plan(&segments, at(0, 1_000_000), &policy).delete.is_empty());
     }
 }

@@ -85,6 +85,15 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
     let mut good_then_bad = good.clone();
     good_then_bad.extend_from_slice(&bad_crc);
     let mut too_large = records(&[("big", Some(&"x".repeat(300)))], 0);
+    // lastOffsetDelta 0 for a 1-record batch is right; 3 is not (CRC fixed up).
+    let mut bad_range = good.clone();
+    bad_range[23..27].copy_from_slice(&3i32.to_be_bytes());
+    let crc = crc32c::crc32c(&bad_range[21..]);
+    bad_range[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    let mut huge_count = good.clone();
+    huge_count[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    let crc = crc32c::crc32c(&huge_count[21..]);
+    huge_count[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     let mut empty = Vec::new();
 
     for (name, bytes) in [
@@ -93,6 +102,8 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
         ("length", &mut bad_length),
         ("trailing", &mut trailing),
         ("second batch", &mut good_then_bad),
+        ("offset range", &mut bad_range),
+        ("record count", &mut huge_count),
         ("empty", &mut empty),
     ] {
         let err = log.append(bytes, 0).unwrap_err();
@@ -228,44 +239,172 @@ fn missing_or_broken_indexes_are_rebuilt() {
 }
 
 #[test]
-fn torn_tail_is_truncated_and_later_segments_dropped() {
+fn only_the_active_segment_can_be_torn_and_its_tail_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
-    for i in 0..3 {
-        log.append(&mut records(&[("k", Some(&format!("{i}")))], 0), 0)
-            .unwrap();
-    }
-    log.flush().unwrap();
-    for i in 3..30 {
+    for i in 0..30 {
         log.append(&mut records(&[("k", Some(&format!("value-{i}")))], 0), 0)
             .unwrap();
     }
+    // Every roll fsync'd the segment it sealed: all but the active one are durable.
     let layout = log.durable_layout();
+    let (active_path, durable, size) = layout.last().unwrap().clone();
+    assert!(layout[..layout.len() - 1].iter().all(|(_, d, s)| d == s));
+    assert_eq!(durable, 0);
+    let active_base = log.segments().active().base_offset();
+    assert_eq!(log.recovery_point(), active_base);
     drop(log);
-    // Cut the segment holding the recovery point in the middle of its 5th batch.
-    let (path, _, size) = &layout[0];
-    let bytes = std::fs::read(path).unwrap();
-    let starts: Vec<usize> = {
-        let mut v = vec![];
-        let mut p = 0;
-        while p < bytes.len() {
-            v.push(p);
-            p += BatchHeader::parse(&bytes[p..]).unwrap().size();
-        }
-        v
-    };
-    std::fs::write(path, &bytes[..starts[4] + 10]).unwrap();
-    assert!(*size as usize > starts[4] + 10);
+    // Cut the active segment in the middle of its second batch.
+    let bytes = std::fs::read(&active_path).unwrap();
+    let first = BatchHeader::parse(&bytes).unwrap().size();
+    assert!(size as usize > first + 20);
+    std::fs::write(&active_path, &bytes[..first + 20]).unwrap();
     let log = open(dir.path(), config(), &clock);
-    assert_eq!(log.log_end_offset(), 4);
-    assert_eq!(
-        log.segments().len(),
-        1,
-        "segments after the torn one are gone"
-    );
+    assert_eq!(log.log_end_offset(), active_base + 1);
     let vals: Vec<_> = values(&log).into_iter().map(|v| v.2.unwrap()).collect();
-    assert_eq!(vals, ["0", "1", "2", "value-3"]);
+    assert_eq!(vals.len() as i64, active_base + 1);
+    assert_eq!(vals.last().unwrap(), &format!("value-{active_base}"));
+}
+
+#[test]
+fn a_second_log_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let log = open(dir.path(), config(), &clock);
+    let err = Log::open(dir.path(), config(), Arc::new(clock.clone())).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    drop(log);
+    open(dir.path(), config(), &clock);
+}
+
+#[test]
+fn the_leader_epoch_cache_is_rebuilt_from_recovered_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let big = LogConfig {
+        segment_bytes: 1 << 20,
+        ..config()
+    };
+    let mut log = open(dir.path(), big.clone(), &clock);
+    log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
+    log.append(&mut records(&[("k", Some("b"))], 0), 2).unwrap();
+    log.append(&mut records(&[("k", Some("c"))], 0), 2).unwrap();
+    log.append(&mut records(&[("k", Some("d"))], 0), 5).unwrap();
+    drop(log); // crash, and the checkpoint file is lost
+    std::fs::remove_file(dir.path().join(super::epoch::FILE_NAME)).unwrap();
+    let log = open(dir.path(), big, &clock);
+    assert_eq!(log.leader_epochs(), &[(1, 0), (2, 1), (5, 3)]);
+    assert_eq!(log.end_offset_for_epoch(2), Some((2, 3)));
+}
+
+#[test]
+fn segments_without_timestamps_are_neither_rescanned_nor_expired_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let mut log = open(dir.path(), config(), &clock);
+    for i in 0..20 {
+        log.append(
+            &mut records(&[("k", Some(&format!("value-{i:03}")))], -1),
+            0,
+        )
+        .unwrap();
+    }
+    log.update_high_watermark(20);
+    let sealed = log.segments().len() - 1;
+    assert!(sealed >= 2);
+    assert!(
+        log.segments()
+            .iter()
+            .take(sealed)
+            .all(|s| !s.time_index().is_empty())
+    );
+    log.close().unwrap();
+    let mut log = open(dir.path(), config(), &clock);
+    assert!(
+        log.segments()
+            .iter()
+            .all(|s| s.indexes_look_consistent(true))
+    );
+    log.update_high_watermark(20);
+    // Retention falls back to the file's modification time (just now), as Kafka does.
+    log.set_config(LogConfig {
+        retention_ms: 60_000,
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(log.apply_retention().unwrap().deleted_segments, 0);
+    clock.advance_ms(120_000);
+    assert_eq!(log.apply_retention().unwrap().deleted_segments, sealed);
+}
+
+#[test]
+fn an_expired_tombstone_past_a_full_offset_map_does_not_resurrect_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let cfg = LogConfig {
+        segment_bytes: 1 << 20,
+        ..compacting()
+    };
+    let mut log = open(dir.path(), cfg, &clock);
+    log.append(&mut records(&[("victim", Some("old"))], 0), 0)
+        .unwrap();
+    for k in 0..5 {
+        log.append(&mut records(&[(&format!("other{k}"), Some("x"))], 0), 0)
+            .unwrap();
+    }
+    log.append(&mut records(&[("victim", None)], 0), 0).unwrap();
+    log.roll().unwrap();
+    log.update_high_watermark(log.log_end_offset());
+    clock.advance_ms(10_000);
+    // A 3-entry map fills long before the tombstone at offset 6.
+    let small = Cleaner::new(CleanerConfig {
+        dedupe_buffer_bytes: 3 * cleaner::OFFSET_MAP_ENTRY_BYTES,
+        backoff_ms: 0,
+    });
+    let first = small.clean_now(&mut log).unwrap().unwrap();
+    assert!(first.end_offset <= 6, "{first:?}");
+    let victim: Vec<_> = values(&log)
+        .into_iter()
+        .filter(|v| v.1 == "victim")
+        .collect();
+    assert_eq!(
+        victim.last().unwrap().2,
+        None,
+        "the key stays deleted: {victim:?}"
+    );
+    while small.clean_now(&mut log).unwrap().is_some() {}
+    let victim: Vec<_> = values(&log)
+        .into_iter()
+        .filter(|v| v.1 == "victim")
+        .collect();
+    assert!(
+        victim.is_empty() || victim.last().unwrap().2.is_none(),
+        "{victim:?}"
+    );
+}
+
+#[test]
+fn a_compaction_pass_across_a_truncation_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), compacting(), &clock);
+    for i in 0..20 {
+        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+            .unwrap();
+    }
+    log.roll().unwrap();
+    log.update_high_watermark(20);
+    let (_, plan) = cleaner::plan(&log);
+    let built = cleaner::build(&plan.unwrap(), &CleanerConfig::default()).unwrap();
+    log.truncate_to(10).unwrap();
+    let summary = cleaner::commit(&mut log, built).unwrap();
+    assert_eq!(summary.segments_rewritten + summary.segments_deleted, 0);
+    assert_eq!(
+        values(&log).len(),
+        10,
+        "nothing compacted away against lost values"
+    );
 }
 
 #[test]
@@ -292,12 +431,7 @@ fn group_commit_shares_fsyncs_between_concurrent_appenders() {
                         .last_offset
                         + 1;
                     commit
-                        .wait_durable(end, || {
-                            let job = log.read().unwrap().flush_job();
-                            let durable = job.run()?;
-                            log.read().unwrap().complete_flush(&job, durable);
-                            Ok(durable)
-                        })
+                        .wait_durable(end, || Log::flush_shared(&log))
                         .unwrap();
                     assert!(log.read().unwrap().recovery_point() >= end);
                 }
@@ -346,6 +480,7 @@ fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     log.append(&mut records(&[("k1", Some("active"))], 10_000), 0)
         .unwrap(); // 31
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     let cleaner = Cleaner::new(CleanerConfig::default());
     let summary = cleaner.clean_now(&mut log).unwrap().unwrap();
     assert!(summary.records_removed > 20, "{summary:?}");
@@ -372,6 +507,7 @@ fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     }
     log.roll().unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     log.set_config(LogConfig {
         min_cleanable_dirty_ratio: 0.0,
         ..compacting()
@@ -409,11 +545,13 @@ fn compaction_respects_the_dirty_ratio_and_never_touches_the_active_segment() {
             .unwrap();
     }
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     let cleaner = Cleaner::new(CleanerConfig::default());
     log.roll().unwrap();
     log.append(&mut records(&[("same", Some("active"))], 0), 0)
         .unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     // Some sealed segments are dirty; ratio 1.0 >= 0.99, so it cleans the sealed ones only.
     cleaner.clean_now(&mut log).unwrap().unwrap();
     let vals = values(&log);
@@ -425,6 +563,7 @@ fn compaction_respects_the_dirty_ratio_and_never_touches_the_active_segment() {
         .unwrap();
     log.roll().unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     let (ratio, plan) = cleaner::plan(&log);
     assert!(
         plan.is_none() && ratio < 0.99 && ratio > 0.0,
@@ -449,6 +588,7 @@ fn the_offset_map_limit_bounds_a_pass() {
     }
     log.roll().unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     let small = Cleaner::new(CleanerConfig {
         dedupe_buffer_bytes: 4 * cleaner::OFFSET_MAP_ENTRY_BYTES,
         backoff_ms: 0,
@@ -474,6 +614,7 @@ fn the_offset_map_limit_bounds_a_pass() {
         .unwrap();
     log.roll().unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     assert!(
         tiny.clean_now(&mut log).is_ok(),
         "one entry is the floor: progress, no error"
@@ -511,6 +652,7 @@ fn a_crash_at_any_step_of_the_compaction_swap_leaves_a_complete_log() {
         }
         log.roll().unwrap();
         log.flush().unwrap();
+        log.update_high_watermark(log.log_end_offset());
         let original = values(&log);
         let (_, plan) = cleaner::plan(&log);
         let built = cleaner::build(&plan.unwrap(), &CleanerConfig::default()).unwrap();
@@ -765,6 +907,7 @@ fn the_background_cleaner_compacts_registered_logs() {
     }
     log.roll().unwrap();
     log.flush().unwrap();
+    log.update_high_watermark(log.log_end_offset());
     let log = Arc::new(RwLock::new(log));
     let registered = log.clone();
     let cleaner = Arc::new(Cleaner::new(CleanerConfig {

@@ -61,6 +61,8 @@ impl BatchMeta {
 pub struct ScanOutcome {
     /// Bytes of valid batches from the start of the file.
     pub valid_bytes: u64,
+    /// `(leader epoch, first offset)` each time the epoch changed between valid batches.
+    pub epochs: Vec<(i32, i64)>,
     /// The first invalid batch, if the scan stopped before the end of the file.
     pub invalid: Option<InvalidTail>,
 }
@@ -279,8 +281,13 @@ impl Segment {
             self.log_path.display()
         );
         if let Err(e) = self.file.write_all_at(bytes, self.size) {
-            // Leave the file as it was: a partial write must not stay behind.
-            let _ = self.file.set_len(self.size);
+            // Leave the file as it was: a partial write must not stay behind. If even
+            // that fails, the caller takes the log offline and recovery cuts the tail.
+            let rollback = self.file.set_len(self.size);
+            if let Err(rollback) = rollback {
+                let path = self.log_path.display();
+                tracing::error!(path = %path, error = %rollback, "cannot undo a partial write");
+            }
             return Err(StorageError::Io {
                 path: self.log_path.clone(),
                 source: e,
@@ -319,6 +326,24 @@ impl Segment {
         }
         self.bytes_since_index_entry += meta.size as u64;
         self.next_offset = meta.last_offset + 1;
+    }
+
+    /// On seal: the time index ends with the segment's newest timestamp, so that a reopen
+    /// knows it without reading the log. A segment whose batches carry no timestamp gets
+    /// one entry with `NO_TIMESTAMP`.
+    fn append_last_time_entry(&mut self) {
+        if self.time_index.is_full() || self.size == 0 {
+            return;
+        }
+        if self.time_index.is_empty() && self.max_timestamp == NO_TIMESTAMP {
+            let rel = self.relative(self.next_offset - 1);
+            self.time_index.append(TimeEntry {
+                timestamp: NO_TIMESTAMP,
+                relative_offset: rel,
+            });
+            return;
+        }
+        self.maybe_append_time_entry();
     }
 
     fn maybe_append_time_entry(&mut self) {
@@ -557,6 +582,7 @@ impl Segment {
         let bytes = map.as_slice();
         let mut position = 0usize;
         let mut invalid = None;
+        let mut epochs: Vec<(i32, i64)> = Vec::new();
         while position < bytes.len() {
             let header = match BatchHeader::validate(&bytes[position..]) {
                 Ok(header) => header,
@@ -579,19 +605,63 @@ impl Segment {
                 });
                 break;
             }
+            let epoch = header.partition_leader_epoch();
+            if epochs.last().is_none_or(|&(e, _)| e != epoch) {
+                epochs.push((epoch, meta.base_offset));
+            }
             self.index_batch(&meta, position as u64);
             position += meta.size as usize;
         }
         if sealed {
-            self.maybe_append_time_entry();
+            self.append_last_time_entry();
             self.offset_index.seal()?;
             self.time_index.seal()?;
         }
         self.indexes_were_missing = false;
         Ok(ScanOutcome {
             valid_bytes: position as u64,
+            epochs,
             invalid,
         })
+    }
+
+    /// [`recover`](Self::recover) for a segment that must be wholly valid: an invalid
+    /// batch is an error naming the file and position.
+    pub fn recover_or_report(&mut self) -> Result<()> {
+        match self.recover()?.invalid {
+            None => Ok(()),
+            Some(invalid) => Err(StorageError::CorruptSegment {
+                path: self.log_path.clone(),
+                position: invalid.position,
+                reason: invalid.reason,
+            }),
+        }
+    }
+
+    /// Opens a sealed segment that must be wholly valid (after a compaction swap).
+    pub fn open_sealed_checked(
+        dir: &Path,
+        base_offset: i64,
+        options: SegmentOptions,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let mut segment = Self::open(dir, base_offset, options, true, now_ms)?;
+        if !segment.indexes_look_consistent(false) || !segment.load_tail()? {
+            segment.recover_or_report()?;
+        }
+        Ok(segment)
+    }
+
+    /// The log file's modification time (retention's fallback for segments without
+    /// timestamps, as Kafka's).
+    pub fn last_modified_ms(&self) -> i64 {
+        self.file
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(self.created_ms)
     }
 
     /// Cuts the active segment's file at `position` (a batch boundary found by a scan).
@@ -628,8 +698,8 @@ impl Segment {
         self.max_timestamp_offset = self.base_offset;
         if !self.load_tail()? {
             // The kept part was written by us and has parsed before; if it does not now,
-            // rebuild the indexes from the file.
-            self.recover()?;
+            // rebuild the indexes from the file, and report what does not parse.
+            self.recover_or_report()?;
         }
         Ok(Some(first_removed.base_offset))
     }
@@ -640,9 +710,7 @@ impl Segment {
         if self.is_sealed() {
             return Ok(());
         }
-        if !self.time_index.is_full() {
-            self.maybe_append_time_entry();
-        }
+        self.append_last_time_entry();
         self.offset_index.seal()?;
         self.time_index.seal()?;
         self.map = Some(ReadMap::open(&self.file, self.size as usize).at(&self.log_path)?);
