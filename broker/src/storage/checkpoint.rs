@@ -49,8 +49,8 @@ pub fn write(path: &Path, entries: &[(&str, String)]) -> Result<()> {
 
 /// Reads a checkpoint; `Ok(None)` when the file does not exist.
 pub fn read(path: &Path) -> Result<Option<Vec<(String, String)>>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(StorageError::Io {
@@ -63,6 +63,7 @@ pub fn read(path: &Path) -> Result<Option<Vec<(String, String)>>> {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     };
+    let text = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
     let crc_at = text
         .rfind("crc32 ")
         .ok_or_else(|| corrupt("no crc32 line"))?;

@@ -637,6 +637,7 @@ impl Log {
     /// Whole batches from the one holding `offset`, at most `max_bytes` (at least one
     /// whole batch, as Kafka's KIP-74), never past `limit`. Records are not decoded.
     pub fn read(&self, offset: i64, max_bytes: usize, limit: ReadLimit) -> Result<ReadResult> {
+        self.check_online()?;
         if offset < self.log_start_offset || offset > self.log_end_offset {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
@@ -673,6 +674,7 @@ impl Log {
     /// The first offset, below the high watermark, of a record whose timestamp is at or
     /// after `timestamp_ms`, with that record's timestamp (Kafka's ListOffsets by time).
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        self.check_online()?;
         for segment in self.segments.iter() {
             if segment.next_offset() <= self.log_start_offset
                 || segment.max_timestamp() < timestamp_ms

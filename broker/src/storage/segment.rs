@@ -408,7 +408,9 @@ impl Segment {
         let max_timestamp = i64::from_be_bytes(buf[35..43].try_into().expect("8"));
         Ok(Some(BatchMeta {
             base_offset,
-            last_offset: base_offset + delta as i64,
+            // Saturating: the base offset is outside the CRC, so a damaged file can hold
+            // any value here; callers compare, and `load_tail` rejects such a segment.
+            last_offset: base_offset.saturating_add(delta as i64),
             max_timestamp,
             size: size as u32,
         }))
@@ -681,6 +683,19 @@ impl Segment {
     /// [`unseal`]: Self::unseal
     pub fn truncate_to(&mut self, offset: i64) -> Result<Option<i64>> {
         let found = self.find(offset)?;
+        if let Some((position, first_removed)) = found
+            && !(self.base_offset..=self.base_offset + u32::MAX as i64)
+                .contains(&first_removed.base_offset)
+        {
+            return Err(StorageError::CorruptSegment {
+                path: self.log_path.clone(),
+                position,
+                reason: format!(
+                    "batch base offset {} outside the segment",
+                    first_removed.base_offset
+                ),
+            });
+        }
         let position = found.map(|(p, _)| p).unwrap_or(self.size);
         if self.is_sealed() {
             self.unseal(position)?;
