@@ -1,4 +1,6 @@
-//! Integration tests.
+//! Integration tests: one binary, one module per area.
 
+mod broker;
 mod storage_format;
+mod support;
 mod tidy;

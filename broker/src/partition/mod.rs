@@ -1,0 +1,186 @@
+//! A replica of one partition: its [`Log`], group commit, the high watermark and the
+//! long-poll wakeups. On a single node the replica is the leader and the only in-sync
+//! replica, so the high watermark follows the log end offset.
+//!
+//! Threading: `Partition` is `Sync` and shared (`Arc`). Appends and fsyncs block: call
+//! them from a blocking task. Reads are short (maps and positioned reads) and may run on
+//! the async runtime.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::storage::{AppendInfo, GroupCommit, Log, ReadLimit, ReadResult, StorageError};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: the caller does not wait.
+    None,
+    /// acks=1: after the leader's append.
+    Leader,
+    /// acks=all: after the batch is fsync'd (group commit).
+    All,
+}
+
+/// The flush settings of the partition's topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub flush_messages: i64,
+    pub flush_ms: i64,
+}
+
+/// One partition. See the module docs.
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    id: u32,
+    log: Arc<RwLock<Log>>,
+    commit: GroupCommit,
+    high_watermark: watch::Sender<i64>,
+    flush_policy: Mutex<FlushPolicy>,
+    /// Records appended since the last flush.
+    unflushed: AtomicI64,
+    last_flush: Mutex<Instant>,
+    deleted: AtomicBool,
+}
+
+impl Partition {
+    pub fn new(topic: &str, id: u32, mut log: Log, flush_policy: FlushPolicy) -> Self {
+        // The only replica is the whole ISR: everything it holds is committed (Kafka's
+        // leader moves its high watermark to its log end the same way).
+        let end = log.log_end_offset();
+        log.update_high_watermark(end);
+        let recovery_point = log.recovery_point();
+        let hw = log.high_watermark();
+        Partition {
+            topic: topic.to_owned(),
+            id,
+            log: Arc::new(RwLock::new(log)),
+            commit: GroupCommit::new(recovery_point),
+            high_watermark: watch::Sender::new(hw),
+            flush_policy: Mutex::new(flush_policy),
+            unflushed: AtomicI64::new(0),
+            last_flush: Mutex::new(Instant::now()),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    pub fn log(&self) -> RwLockReadGuard<'_, Log> {
+        self.log.read().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn log_mut(&self) -> RwLockWriteGuard<'_, Log> {
+        self.log.write().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn shared_log(&self) -> Arc<RwLock<Log>> {
+        self.log.clone()
+    }
+    pub fn set_flush_policy(&self, policy: FlushPolicy) {
+        *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        // Wake long polls so they see the topic is gone.
+        self.high_watermark.send_modify(|_| {});
+    }
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Appends `batches` as the leader and waits as `acks` says. Blocking.
+    pub fn append(&self, batches: &mut [u8], acks: Acks) -> Result<AppendInfo, StorageError> {
+        let info = {
+            let mut log = self.log_mut();
+            let info = log.append(batches, 0)?;
+            // Single replica: the ISR is this broker, the high watermark is the log end.
+            let end = log.log_end_offset();
+            log.update_high_watermark(end);
+            info
+        };
+        self.high_watermark.send_replace(info.last_offset + 1);
+        let records = info.last_offset - info.first_offset + 1;
+        let unflushed = self.unflushed.fetch_add(records, Ordering::SeqCst) + records;
+        let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
+        if acks == Acks::All || unflushed >= policy.flush_messages {
+            self.wait_durable(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Returns once every offset below `offset` is fsync'd (group commit).
+    pub fn wait_durable(&self, offset: i64) -> Result<(), StorageError> {
+        self.commit.wait_durable(offset, || {
+            let durable = Log::flush_shared(&self.log)?;
+            self.unflushed.store(0, Ordering::SeqCst);
+            *self.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            Ok(durable)
+        })
+    }
+
+    /// The flush.ms policy: fsync if the last one is older than `flush.ms`. Blocking.
+    pub fn flush_if_due(&self) -> Result<(), StorageError> {
+        let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
+        let since = self
+            .last_flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if policy.flush_ms != i64::MAX && since >= Duration::from_millis(policy.flush_ms as u64) {
+            let end = self.log().log_end_offset();
+            self.wait_durable(end)?;
+        }
+        Ok(())
+    }
+
+    /// Whole batches from `offset` below the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        self.log().read(offset, max_bytes, ReadLimit::HighWatermark)
+    }
+
+    /// A long poll: reads from `offset`; if fewer than `min_bytes` are there, waits for
+    /// appends (woken by them, not by a timer) until `max_wait` has passed.
+    pub async fn fetch(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadResult, StorageError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut changes = self.high_watermark.subscribe();
+        loop {
+            changes.mark_unchanged();
+            let result = self.read(offset, max_bytes)?;
+            let enough = !result.records.is_empty() && result.records.len() >= min_bytes.max(1);
+            if enough || self.is_deleted() {
+                return Ok(result);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.read(offset, max_bytes),
+            }
+        }
+    }
+
+    /// Waits until the high watermark passes `offset` or `timeout` ends.
+    pub async fn wait_for_data(&self, offset: i64, timeout: Duration) {
+        let mut changes = self.high_watermark.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            changes.wait_for(|&hw| hw > offset || self.is_deleted()),
+        )
+        .await;
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+}

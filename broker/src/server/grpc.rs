@@ -1,0 +1,380 @@
+//! The native gRPC API (`fjord.v1.Fjord`), one handler per RPC.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_protocol::v1::{self, fjord_server::Fjord};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{TopicError, TopicManager};
+use crate::partition::{Acks, Partition};
+use crate::storage::StorageError;
+
+use super::metrics::Metrics;
+
+/// The largest `max_bytes` of one fetch.
+pub const FETCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// The longest long poll.
+pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
+
+pub struct FjordService {
+    pub topics: Arc<TopicManager>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn storage_status(e: StorageError) -> Status {
+    match e {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start_offset,
+            log_end_offset,
+        } => {
+            let mut status = Status::out_of_range(format!(
+                "offset {offset} is out of range: the log holds \
+                 [{log_start_offset}, {log_end_offset})"
+            ));
+            let md = status.metadata_mut();
+            md.insert(
+                "fjord-log-start-offset",
+                log_start_offset.to_string().parse().expect("ascii"),
+            );
+            md.insert(
+                "fjord-log-end-offset",
+                log_end_offset.to_string().parse().expect("ascii"),
+            );
+            status
+        }
+        StorageError::InvalidBatch { .. }
+        | StorageError::BatchTooLarge { .. }
+        | StorageError::InvalidConfig { .. } => Status::invalid_argument(e.to_string()),
+        StorageError::DeleteBeyondHighWatermark { .. } => Status::out_of_range(e.to_string()),
+        StorageError::LogOffline { .. } => Status::unavailable(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn topic_status(e: TopicError) -> Status {
+    let status = match e {
+        TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. } => {
+            Status::not_found(e.to_string())
+        }
+        TopicError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        TopicError::InvalidName { .. }
+        | TopicError::InvalidPartitions(_)
+        | TopicError::Config(_) => Status::invalid_argument(e.to_string()),
+        TopicError::Storage(e) => storage_status(e),
+    };
+    tracing::warn!(code = ?status.code(), message = status.message(), "request refused");
+    status
+}
+
+fn refuse(status: Status) -> Status {
+    tracing::warn!(code = ?status.code(), message = status.message(), "request refused");
+    status
+}
+
+impl FjordService {
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Status> {
+        self.topics
+            .partition(topic, partition)
+            .map_err(topic_status)
+    }
+}
+
+fn next_offset(records: &Bytes, requested: i64) -> i64 {
+    let mut next = requested;
+    for header in fjord_protocol::BatchIter::headers_only(records).map_while(Result::ok) {
+        next = next.max(header.next_offset());
+    }
+    next
+}
+
+type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Fjord for FjordService {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        let overrides: BTreeMap<String, String> =
+            r.configs.into_iter().map(|c| (c.key, c.value)).collect();
+        let topics = self.topics.clone();
+        let partitions = if r.partitions == 0 {
+            u32::MAX
+        } else {
+            r.partitions
+        };
+        tokio::task::spawn_blocking(move || {
+            let partitions = if partitions == u32::MAX {
+                topics.default_partitions()
+            } else {
+                partitions
+            };
+            topics.create(&r.name, partitions, overrides)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(topic_status)?;
+        Ok(Response::new(v1::CreateTopicResponse {}))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || topics.delete(&name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(topic_status)?;
+        Ok(Response::new(v1::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let topics = self
+            .topics
+            .list()
+            .iter()
+            .map(|t| v1::TopicSummary {
+                name: t.name.clone(),
+                partitions: t.partitions.len() as u32,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let topic = self
+            .topics
+            .get(&request.into_inner().name)
+            .map_err(topic_status)?;
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let log = p.log();
+                v1::PartitionInfo {
+                    partition: p.id(),
+                    log_start_offset: log.log_start_offset(),
+                    high_watermark: log.high_watermark(),
+                    log_end_offset: log.log_end_offset(),
+                    size_bytes: log.size_bytes(),
+                    segments: log.segments().len() as u32,
+                }
+            })
+            .collect();
+        let entry = |(key, value): (String, String)| v1::ConfigEntry { key, value };
+        Ok(Response::new(v1::DescribeTopicResponse {
+            name: topic.name.clone(),
+            partitions,
+            configs: topic.overrides.clone().into_iter().map(entry).collect(),
+            effective_configs: topic.config.entries().into_iter().map(entry).collect(),
+        }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<v1::AlterTopicConfigRequest>,
+    ) -> Result<Response<v1::AlterTopicConfigResponse>, Status> {
+        let r = request.into_inner();
+        let set: Vec<(String, String)> = r.set.into_iter().map(|c| (c.key, c.value)).collect();
+        self.topics
+            .alter(&r.name, &set, &r.delete)
+            .map_err(topic_status)?;
+        Ok(Response::new(v1::AlterTopicConfigResponse {}))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<v1::ProduceRequest>,
+    ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let r = request.into_inner();
+        let partition = self.partition(&r.topic, r.partition)?;
+        let acks = match v1::Acks::try_from(r.acks) {
+            Ok(v1::Acks::Leader) => Acks::Leader,
+            Ok(v1::Acks::All) => Acks::All,
+            Ok(v1::Acks::None) => Acks::None,
+            Err(_) => {
+                return Err(refuse(Status::invalid_argument(format!(
+                    "unknown acks value {}",
+                    r.acks
+                ))));
+            }
+        };
+        let mut records = r.records.to_vec();
+        let bytes = records.len() as u64;
+        let appended = tokio::task::spawn_blocking(move || partition.append(&mut records, acks))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let info = appended.map_err(|e| refuse(storage_status(e)))?;
+        self.metrics
+            .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
+        Ok(Response::new(v1::ProduceResponse {
+            base_offset: info.first_offset,
+            last_offset: info.last_offset,
+            log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+            log_start_offset: 0,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
+        let r = request.into_inner();
+        let partition = self.partition(&r.topic, r.partition)?;
+        let max_bytes = r.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+        let wait = Duration::from_millis(r.max_wait_ms.min(FETCH_WAIT_MS_MAX) as u64);
+        let result = partition
+            .fetch(r.offset, max_bytes, r.min_bytes as usize, wait)
+            .await
+            .map_err(|e| refuse(storage_status(e)))?;
+        self.metrics.fetched(&r.topic, result.records.len() as u64);
+        Ok(Response::new(v1::FetchResponse {
+            partition: r.partition,
+            next_offset: next_offset(&result.records, r.offset),
+            records: result.records,
+            high_watermark: result.high_watermark,
+            log_start_offset: result.log_start_offset,
+        }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let partition = self.partition(&r.topic, r.partition)?;
+        let max_bytes = r.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+        // Check the start offset now so a bad one is an error, not an empty stream.
+        partition
+            .read(r.offset, 1)
+            .map_err(|e| refuse(storage_status(e)))?;
+        let metrics = self.metrics.clone();
+        let topic = r.topic.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut offset = r.offset;
+            loop {
+                let result = match partition.read(offset, max_bytes) {
+                    Ok(result) => result,
+                    Err(e) => {
+                        let _ = tx.send(Err(storage_status(e))).await;
+                        return;
+                    }
+                };
+                if result.records.is_empty() {
+                    if partition.is_deleted() {
+                        let _ = tx
+                            .send(Err(Status::not_found(format!("topic {topic} was deleted"))))
+                            .await;
+                        return;
+                    }
+                    tokio::select! {
+                        _ = partition.wait_for_data(offset, Duration::from_secs(30)) => {}
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                metrics.fetched(&topic, result.records.len() as u64);
+                let next = next_offset(&result.records, offset);
+                let response = v1::FetchResponse {
+                    partition: r.partition,
+                    records: result.records,
+                    high_watermark: result.high_watermark,
+                    log_start_offset: result.log_start_offset,
+                    next_offset: next,
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                offset = next;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let topic = self.topics.get(&r.topic).map_err(topic_status)?;
+        let wanted: Vec<u32> = if r.partitions.is_empty() {
+            (0..topic.partitions.len() as u32).collect()
+        } else {
+            r.partitions.clone()
+        };
+        let spec = v1::OffsetSpec::try_from(r.spec).map_err(|_| {
+            refuse(Status::invalid_argument(format!(
+                "unknown offset spec {}",
+                r.spec
+            )))
+        })?;
+        let mut offsets = Vec::new();
+        for p in wanted {
+            let partition = self.partition(&r.topic, p)?;
+            let log = partition.log();
+            let (offset, timestamp_ms) = match spec {
+                v1::OffsetSpec::Earliest => (log.log_start_offset(), -1),
+                v1::OffsetSpec::Latest => (log.high_watermark(), -1),
+                v1::OffsetSpec::Timestamp => log
+                    .offset_for_timestamp(r.timestamp_ms)
+                    .map_err(storage_status)?
+                    .unwrap_or((-1, -1)),
+            };
+            offsets.push(v1::PartitionOffset {
+                partition: p,
+                offset,
+                timestamp_ms,
+                log_start_offset: log.log_start_offset(),
+                high_watermark: log.high_watermark(),
+            });
+        }
+        Ok(Response::new(v1::ListOffsetsResponse { offsets }))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        let r = request.into_inner();
+        let partition = self.partition(&r.topic, r.partition)?;
+        let log_start_offset = tokio::task::spawn_blocking(move || {
+            let mut log = partition.log_mut();
+            let before = if r.before_offset < 0 {
+                log.high_watermark()
+            } else {
+                r.before_offset
+            };
+            if before < log.log_start_offset() {
+                return Ok(log.log_start_offset());
+            }
+            log.delete_records(before)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| refuse(storage_status(e)))?;
+        Ok(Response::new(v1::DeleteRecordsResponse {
+            log_start_offset,
+        }))
+    }
+}

@@ -1,0 +1,239 @@
+//! The servers and the broker's life cycle.
+//!
+//! - [`grpc`]: the native API (`fjord.v1.Fjord`).
+//! - [`http`]: `/health` and `/metrics`.
+//! - [`metrics`]: the Prometheus metrics.
+//!
+//! [`Broker::start`] opens the topics, binds the listeners and starts the background
+//! work (retention, the cleaner, recovery-point checkpoints, the flush.ms policy);
+//! [`BrokerHandle::shutdown`] stops accepting, lets in-flight requests finish, and closes
+//! every log cleanly (flush, checkpoint, clean-shutdown marker).
+
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{TopicError, TopicManager};
+use crate::config::{BrokerConfig, ConfigError};
+use crate::storage::{Cleaner, CleanerConfig, SystemClock};
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Server(String),
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    topics: Arc<TopicManager>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), BrokerError>>>,
+    background: Vec<JoinHandle<()>>,
+    cleaner: Option<crate::storage::cleaner::CleanerHandle>,
+}
+
+/// Starts brokers. See the module docs.
+pub struct Broker;
+
+async fn bind(addr: &str) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Runs `work` on every partition every `interval` on a blocking thread, until shutdown.
+fn every(
+    interval: Duration,
+    topics: Arc<TopicManager>,
+    mut shutdown: watch::Receiver<bool>,
+    what: &'static str,
+    work: fn(&crate::partition::Partition) -> Result<(), crate::storage::StorageError>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let topics = topics.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                for partition in topics.all_partitions() {
+                    if partition.is_deleted() {
+                        continue;
+                    }
+                    if let Err(e) = work(&partition) {
+                        let (topic, id) = (partition.topic(), partition.id());
+                        tracing::warn!(topic, partition = id, error = %e, "{what} failed");
+                    }
+                }
+            });
+            let _ = done.await;
+        }
+    })
+}
+
+impl Broker {
+    /// Opens the data directory and starts serving. Addresses may use port 0.
+    pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        let defaults = config.topic_defaults()?;
+        let data_dir = config.data_dir.clone();
+        let partitions = config.num_partitions;
+        let topics = tokio::task::spawn_blocking(move || {
+            TopicManager::open(&data_dir, defaults, partitions, Arc::new(SystemClock))
+        })
+        .await
+        .map_err(|e| BrokerError::Server(e.to_string()))??;
+        let topics = Arc::new(topics);
+        let grpc_listener = bind(&config.grpc_addr).await?;
+        let http_listener = bind(&config.http_addr).await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| BrokerError::Server(e.to_string()))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| BrokerError::Server(e.to_string()))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let metrics = Arc::new(metrics::Metrics::default());
+
+        let cleaner = Arc::new(Cleaner::new(CleanerConfig {
+            dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_size,
+            backoff_ms: config.log_cleaner_backoff_ms,
+        }));
+        let cleaner_stats = cleaner.stats();
+        let cleaned = topics.clone();
+        let cleaner_handle = cleaner.spawn(move || {
+            cleaned
+                .all_partitions()
+                .into_iter()
+                .filter(|p| !p.is_deleted() && p.log().config().cleanup_policy.compact)
+                .map(|p| p.shared_log())
+                .collect()
+        });
+
+        let service = grpc::FjordService {
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut grpc_shutdown = shutdown_rx.clone();
+        let grpc = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(fjord_protocol::v1::fjord_server::FjordServer::new(service))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    async move {
+                        let _ = grpc_shutdown.wait_for(|&stop| stop).await;
+                    },
+                )
+                .await
+                .map_err(|e| BrokerError::Server(e.to_string()))
+        });
+        let router = http::router(http::HttpState {
+            topics: topics.clone(),
+            metrics,
+            cleaner: cleaner_stats,
+        });
+        let mut http_shutdown = shutdown_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|&stop| stop).await;
+                })
+                .await
+                .map_err(|e| BrokerError::Server(e.to_string()))
+        });
+
+        let background = vec![
+            every(
+                Duration::from_millis(config.log_retention_check_interval_ms),
+                topics.clone(),
+                shutdown_rx.clone(),
+                "retention",
+                |p| p.log_mut().apply_retention().map(|_| ()),
+            ),
+            every(
+                Duration::from_millis(config.log_flush_offset_checkpoint_interval_ms),
+                topics.clone(),
+                shutdown_rx.clone(),
+                "recovery-point checkpoint",
+                |p| p.log().checkpoint(),
+            ),
+            every(
+                Duration::from_millis(config.log_flush_scheduler_interval_ms),
+                topics.clone(),
+                shutdown_rx.clone(),
+                "flush",
+                |p| p.flush_if_due(),
+            ),
+        ];
+        let data_dir = config.data_dir.display();
+        tracing::info!(%grpc_addr, %http_addr, %data_dir, "fjord-broker listening");
+        Ok(BrokerHandle {
+            grpc_addr,
+            http_addr,
+            topics,
+            shutdown,
+            servers: vec![grpc, http],
+            background,
+            cleaner: Some(cleaner_handle),
+        })
+    }
+}
+
+impl BrokerHandle {
+    pub fn topics(&self) -> &Arc<TopicManager> {
+        &self.topics
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then closes every log cleanly.
+    pub async fn shutdown(mut self) -> Result<(), BrokerError> {
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        for server in self.servers.drain(..) {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(BrokerError::Server(e.to_string())),
+            }
+        }
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(cleaner) = self.cleaner.take() {
+            tokio::task::spawn_blocking(move || cleaner.shutdown())
+                .await
+                .map_err(|e| BrokerError::Server(e.to_string()))?;
+        }
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || topics.close_all())
+            .await
+            .map_err(|e| BrokerError::Server(e.to_string()))??;
+        tracing::info!("fjord-broker stopped cleanly");
+        result
+    }
+}

@@ -1,0 +1,534 @@
+//! The broker process through its gRPC API: persistence across SIGTERM and kill -9,
+//! long polls, retention, compaction, live config changes, bad input, HTTP, embedding.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fjord::protocol::v1::{self, Acks};
+
+use crate::support::{BrokerProcess, batch, create_topic, eventually, produce, read_all};
+
+const FAST: &[&str] = &[
+    "--log-retention-check-interval-ms",
+    "100",
+    "--log-cleaner-backoff-ms",
+    "100",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_records_survive_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "orders", 3, &[("retention.ms", "3600000")]).await;
+    for p in 0..3 {
+        let r = produce(
+            &mut client,
+            "orders",
+            p,
+            batch(&[(Some("k"), "a"), (None, "b")]),
+            Acks::Leader,
+        )
+        .await;
+        assert_eq!((r.base_offset, r.last_offset), (0, 1));
+    }
+    let r = produce(
+        &mut client,
+        "orders",
+        1,
+        batch(&[(Some("k"), "c")]),
+        Acks::All,
+    )
+    .await;
+    assert_eq!(r.base_offset, 2);
+    assert!(broker.stop(), "SIGTERM exits 0");
+    for p in 0..3 {
+        assert!(
+            dir.path()
+                .join(format!("orders-{p}/clean-shutdown"))
+                .exists()
+        );
+    }
+    let broker = broker.restart();
+    let mut client = broker.client().await;
+    let topic = client
+        .describe_topic(v1::DescribeTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topic.partitions.len(), 3);
+    assert_eq!(topic.partitions[1].high_watermark, 3);
+    assert!(
+        topic
+            .configs
+            .iter()
+            .any(|c| c.key == "retention.ms" && c.value == "3600000")
+    );
+    let records = read_all(&mut client, "orders", 1, 0).await;
+    let values: Vec<&str> = records.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(values, ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_acks_all_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "payments", 1, &[("segment.bytes", "4096")]).await;
+    // A steady acks=all producer; the broker is killed while it runs.
+    let producer_addr = broker.grpc_addr;
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let producer = tokio::spawn(async move {
+        let mut client = v1::fjord_client::FjordClient::connect(format!("http://{producer_addr}"))
+            .await
+            .unwrap();
+        for i in 0.. {
+            let value = format!("payment-{i}");
+            let request = v1::ProduceRequest {
+                topic: "payments".into(),
+                partition: 0,
+                acks: Acks::All as i32,
+                records: batch(&[(Some("id"), &value)]).into(),
+            };
+            match client.produce(request).await {
+                Ok(r) => {
+                    if acked_tx.send((r.into_inner().base_offset, value)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return, // the broker is gone
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        acked.push(acked_rx.recv().await.unwrap());
+    }
+    broker.kill();
+    let _ = producer.await;
+    while let Ok(a) = acked_rx.try_recv() {
+        acked.push(a);
+    }
+    let broker = broker.restart();
+    let mut client = broker.client().await;
+    let records = read_all(&mut client, "payments", 0, 0).await;
+    let by_offset: BTreeMap<i64, &str> = records.iter().map(|r| (r.0, r.2.as_str())).collect();
+    for (offset, value) in &acked {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(&value.as_str()),
+            "acknowledged record at {offset}"
+        );
+    }
+    let mut values: Vec<&str> = records.iter().map(|r| r.2.as_str()).collect();
+    let total = values.len();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), total, "no record twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_waits_without_spinning_and_wakes_on_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "events", 1, &[]).await;
+    let cpu_before = cpu_ticks(broker.pid());
+    let started = Instant::now();
+    let mut waiter = broker.client().await;
+    let poll = tokio::spawn(async move {
+        waiter
+            .fetch(v1::FetchRequest {
+                topic: "events".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 30_000,
+                min_bytes: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    // Let the poll sit at the log end for a while: the broker must stay idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!poll.is_finished(), "the fetch waits for data");
+    let idle_ticks = cpu_ticks(broker.pid()) - cpu_before;
+    produce(
+        &mut client,
+        "events",
+        0,
+        batch(&[(None, "hello")]),
+        Acks::Leader,
+    )
+    .await;
+    let response = poll.await.unwrap();
+    assert!(!response.records.is_empty());
+    assert_eq!(response.next_offset, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "woken by the append, not the timeout"
+    );
+    // 1.5 s with a waiting fetch; a busy loop would burn ~150 ticks (100 per second).
+    assert!(
+        idle_ticks < 40,
+        "broker CPU while a fetch waits: {idle_ticks} ticks"
+    );
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_stream_tails_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "tail", 1, &[]).await;
+    produce(
+        &mut client,
+        "tail",
+        0,
+        batch(&[(None, "first")]),
+        Acks::Leader,
+    )
+    .await;
+    let mut stream = client
+        .subscribe(v1::SubscribeRequest {
+            topic: "tail".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.next_offset, 1);
+    produce(
+        &mut client,
+        "tail",
+        0,
+        batch(&[(None, "second")]),
+        Acks::Leader,
+    )
+    .await;
+    let second = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.next_offset, 2);
+}
+
+async fn earliest(
+    client: &mut v1::fjord_client::FjordClient<tonic::transport::Channel>,
+    topic: &str,
+) -> i64 {
+    client
+        .list_offsets(v1::ListOffsetsRequest {
+            topic: topic.into(),
+            partitions: vec![0],
+            spec: v1::OffsetSpec::Earliest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets[0]
+        .offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_and_time_changes_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), FAST);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "logs", 1, &[("segment.bytes", "1024")]).await;
+    for i in 0..60 {
+        produce(
+            &mut client,
+            "logs",
+            0,
+            batch(&[(None, &format!("line {i:04} {}", "x".repeat(40)))]),
+            Acks::Leader,
+        )
+        .await;
+    }
+    assert_eq!(earliest(&mut client, "logs").await, 0);
+    let alter = |set: Vec<(&str, &str)>| v1::AlterTopicConfigRequest {
+        name: "logs".into(),
+        set: set
+            .into_iter()
+            .map(|(k, v)| v1::ConfigEntry {
+                key: k.into(),
+                value: v.into(),
+            })
+            .collect(),
+        delete: vec![],
+    };
+    client
+        .alter_topic_config(alter(vec![("retention.bytes", "2048")]))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "size retention", || {
+        let mut c = client.clone();
+        async move { earliest(&mut c, "logs").await > 0 }
+    })
+    .await;
+    let after_size = earliest(&mut client, "logs").await;
+    client
+        .alter_topic_config(alter(vec![
+            ("retention.bytes", "-1"),
+            ("retention.ms", "1"),
+        ]))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "time retention", || {
+        let mut c = client.clone();
+        async move { earliest(&mut c, "logs").await > after_size }
+    })
+    .await;
+    let start = earliest(&mut client, "logs").await;
+    let records = read_all(&mut client, "logs", 0, start).await;
+    assert!(!records.is_empty(), "the active segment stays");
+    assert_eq!(records.last().unwrap().0, 59);
+    // Reading below the start is out of range, and says where the log starts.
+    let err = client
+        .fetch(v1::FetchRequest {
+            topic: "logs".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 100,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    assert_eq!(
+        err.metadata()
+            .get("fjord-log-start-offset")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        start.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_latest_value_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), FAST);
+    let mut client = broker.client().await;
+    create_topic(
+        &mut client,
+        "profiles",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "1024"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    )
+    .await;
+    for round in 0..20 {
+        for user in 0..5 {
+            let value = format!("user{user}-v{round}-{}", "p".repeat(20));
+            produce(
+                &mut client,
+                "profiles",
+                0,
+                batch(&[(Some(&format!("user{user}")), &value)]),
+                Acks::Leader,
+            )
+            .await;
+        }
+    }
+    eventually(Duration::from_secs(30), "compaction", || {
+        let mut c = client.clone();
+        async move { read_all(&mut c, "profiles", 0, 0).await.len() < 40 }
+    })
+    .await;
+    let records = read_all(&mut client, "profiles", 0, 0).await;
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    for (_, key, value) in &records {
+        latest.insert(key.clone().unwrap(), value.clone());
+    }
+    for user in 0..5 {
+        assert!(latest[&format!("user{user}")].starts_with(&format!("user{user}-v19-")));
+    }
+    let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets keep their order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "t", 2, &[("max.message.bytes", "200")]).await;
+    let produce_to = |topic: &str, partition: u32, records: Vec<u8>| v1::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: Acks::Leader as i32,
+        records: records.into(),
+    };
+    let err = client
+        .produce(produce_to("nope", 0, batch(&[(None, "x")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("nope"), "{}", err.message());
+    let err = client
+        .produce(produce_to("t", 7, batch(&[(None, "x")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("partition 7"), "{}", err.message());
+    let err = client
+        .produce(produce_to("t", 0, batch(&[(None, &"x".repeat(500))])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("max.message.bytes"),
+        "{}",
+        err.message()
+    );
+    let mut corrupt = batch(&[(None, "x")]);
+    *corrupt.last_mut().unwrap() ^= 1;
+    let err = client
+        .produce(produce_to("t", 0, corrupt))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("CRC"), "{}", err.message());
+    let err = client
+        .produce(produce_to("t", 0, vec![1, 2, 3]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for (key, value) in [
+        ("retention.ms", "soon"),
+        ("no.such.config", "1"),
+        ("cleanup.policy", "shred"),
+    ] {
+        let err = client
+            .create_topic(v1::CreateTopicRequest {
+                name: "u".into(),
+                partitions: 1,
+                configs: vec![v1::ConfigEntry {
+                    key: key.into(),
+                    value: value.into(),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(key), "{}", err.message());
+    }
+    for name in ["", "a/b", "..", "__internal"] {
+        let err = client
+            .create_topic(v1::CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                configs: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}");
+    }
+    let err = client
+        .create_topic(v1::CreateTopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            configs: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let err = client
+        .fetch(v1::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            max_bytes: 100,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    // Still serving, and nothing bad was written.
+    let r = produce(&mut client, "t", 0, batch(&[(None, "fine")]), Acks::All).await;
+    assert_eq!(r.base_offset, 0);
+    assert_eq!(read_all(&mut client, "t", 0, 0).await.len(), 1);
+    // Each refusal left a log line on the broker.
+    let refused: Vec<String> = broker
+        .stderr
+        .try_iter()
+        .filter(|line| line.contains("request refused"))
+        .collect();
+    assert!(refused.len() >= 10, "{refused:#?}");
+    assert!(refused.iter().any(|l| l.contains("CRC")), "{refused:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "m", 1, &[]).await;
+    produce(
+        &mut client,
+        "m",
+        0,
+        batch(&[(None, "x"), (None, "y")]),
+        Acks::Leader,
+    )
+    .await;
+    assert_eq!(broker.http_get("/health").trim(), "ok");
+    let metrics = broker.http_get("/metrics");
+    assert!(
+        metrics.contains("fjord_partition_log_end_offset{topic=\"m\",partition=\"0\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fjord_produce_records_total{topic=\"m\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_embedded_in_a_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fjord::BrokerConfig::embedded(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    let broker = fjord::Broker::start(config).await.unwrap();
+    let mut client = v1::fjord_client::FjordClient::connect(format!("http://{}", broker.grpc_addr))
+        .await
+        .unwrap();
+    create_topic(&mut client, "embedded", 1, &[]).await;
+    produce(
+        &mut client,
+        "embedded",
+        0,
+        batch(&[(Some("k"), "v")]),
+        Acks::All,
+    )
+    .await;
+    assert_eq!(read_all(&mut client, "embedded", 0, 0).await.len(), 1);
+    drop(client);
+    broker.shutdown().await.unwrap();
+    assert!(dir.path().join("embedded-0/clean-shutdown").exists());
+}

@@ -1,0 +1,291 @@
+//! Test support: a real `fjord-broker` process on ephemeral ports and a temp dir, killed
+//! when dropped; a gRPC client for it; record helpers.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fjord::protocol::codec::{Compression, RecordInput, decode_records, encode_batch};
+use fjord::protocol::v1::{self, fjord_client::FjordClient};
+use tonic::transport::Channel;
+
+/// A binary built by `cargo test --workspace` (the broker's and the tools' own test
+/// targets make cargo build them), next to this test's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A broker process. Killed (SIGKILL) on drop unless stopped.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The broker's log lines after the listening line.
+    pub stderr: mpsc::Receiver<String>,
+    extra_args: Vec<String>,
+}
+
+impl BrokerProcess {
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir.to_path_buf(), extra_args)
+    }
+
+    fn spawn(data_dir: PathBuf, extra_args: Vec<String>) -> BrokerProcess {
+        let mut child = Command::new(binary("fjord-broker"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(&extra_args)
+            .env("FJORD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fjord-broker");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        let listening = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("fjord-broker listening") => break line,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the broker did not start:\n{}", seen.join("\n"));
+                }
+            }
+        };
+        let addr = |key: &str| -> SocketAddr {
+            let at = listening.find(key).expect(key) + key.len();
+            listening[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        BrokerProcess {
+            grpc_addr: addr("grpc_addr="),
+            http_addr: addr("http_addr="),
+            child: Some(child),
+            data_dir,
+            stderr: rx,
+            extra_args,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the broker did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts again on the same data directory and settings (new ports).
+    pub fn restart(self) -> BrokerProcess {
+        assert!(self.child.is_none(), "stop or kill it first");
+        Self::spawn(self.data_dir.clone(), self.extra_args.clone())
+    }
+
+    pub async fn client(&self) -> FjordClient<Channel> {
+        FjordClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("connect")
+    }
+
+    /// GET `path` on the HTTP listener; the body.
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http_addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One batch of `(key, value)` records, timestamped now (older ones would fall to the
+/// default 7-day `retention.ms` at once).
+pub fn batch(records: &[(Option<&str>, &str)]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let inputs: Vec<RecordInput> = records
+        .iter()
+        .map(|(k, v)| {
+            RecordInput::new(
+                k.map(|k| k.as_bytes().to_vec()),
+                Some(v.as_bytes().to_vec()),
+                now,
+            )
+        })
+        .collect();
+    encode_batch(&inputs, Compression::None).unwrap().to_vec()
+}
+
+pub async fn create_topic(
+    client: &mut FjordClient<Channel>,
+    name: &str,
+    partitions: u32,
+    configs: &[(&str, &str)],
+) {
+    client
+        .create_topic(v1::CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            configs: configs
+                .iter()
+                .map(|(k, v)| v1::ConfigEntry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        })
+        .await
+        .expect("create topic");
+}
+
+pub async fn produce(
+    client: &mut FjordClient<Channel>,
+    topic: &str,
+    partition: u32,
+    records: Vec<u8>,
+    acks: v1::Acks,
+) -> v1::ProduceResponse {
+    client
+        .produce(v1::ProduceRequest {
+            topic: topic.into(),
+            partition,
+            acks: acks as i32,
+            records: records.into(),
+        })
+        .await
+        .expect("produce")
+        .into_inner()
+}
+
+/// Every record of a partition from `from`, as (offset, key, value).
+pub async fn read_all(
+    client: &mut FjordClient<Channel>,
+    topic: &str,
+    partition: u32,
+    from: i64,
+) -> Vec<(i64, Option<String>, String)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let r = client
+            .fetch(v1::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+                min_bytes: 0,
+            })
+            .await
+            .expect("fetch")
+            .into_inner();
+        if r.records.is_empty() {
+            return out;
+        }
+        let mut rest = &r.records[..];
+        while !rest.is_empty() {
+            let header = fjord::protocol::BatchHeader::validate(rest).unwrap();
+            for rec in decode_records(header.as_bytes()).unwrap() {
+                if rec.offset >= offset {
+                    let text = |b: bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+                    out.push((
+                        rec.offset,
+                        rec.key.map(text),
+                        rec.value.map(text).unwrap_or_default(),
+                    ));
+                }
+            }
+            rest = &rest[header.size()..];
+        }
+        offset = r.next_offset;
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
