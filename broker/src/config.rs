@@ -171,8 +171,24 @@ impl BrokerConfig {
             path: path.clone(),
             source,
         })?;
+        // `a.b = 1` and `"a.b" = 1` and `[a] b = 1` all name setting `a.b`.
+        fn flatten(prefix: &str, table: toml::Table, out: &mut Vec<(String, toml::Value)>) {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value {
+                    toml::Value::Table(inner) => flatten(&key, inner, out),
+                    value => out.push((key, value)),
+                }
+            }
+        }
+        let mut settings = Vec::new();
+        flatten("", table, &mut settings);
         let command = Self::command();
-        for (key, value) in table {
+        for (key, value) in settings {
             let id = key.replace(['.', '-'], "_");
             if id == "config" || !command.get_arguments().any(|a| a.get_id().as_str() == id) {
                 return Err(ConfigError::UnknownKey { key });

@@ -1,6 +1,74 @@
-//! Fjord's Rust client: producer, consumer and admin over gRPC.
+//! Fjord's Rust client: admin, producer and consumer over the broker's gRPC API
+//! (`fjord.v1.Fjord`). Async, on tokio.
 //!
-//! Not built yet: the gRPC API arrives with the single-node broker (issue 3). Until then this
-//! crate only re-exports the record codec that its producer will use.
+//! # Map
+//!
+//! - [`admin`]: [`Admin`], topics (create, delete, list, describe), configs, offsets
+//!   ([`OffsetSpec`]) and record deletion.
+//! - [`producer`]: [`Producer`], which accumulates records per partition into RecordBatch
+//!   v2 batches (`producer::accumulator` holds the pure batching rules) and sends them when
+//!   `batch_bytes` is reached or `linger_ms` has passed, retrying retriable errors with
+//!   one request in flight per partition (so a partition's order is kept).
+//! - [`partitioner`]: Kafka's murmur2 and default partitioner (keyed: murmur2 of the key;
+//!   keyless: sticky until the batch closes).
+//! - [`consumer`]: [`Consumer`], which reads assigned partitions from chosen positions
+//!   ([`Seek`]) with long-polling fetches, as a `poll` loop or a `Stream`.
+//! - [`error`]: [`ClientError`], mapped from gRPC statuses, with
+//!   [`ClientError::is_retriable`].
+//! - [`connection`]: opening the channel (eagerly: a broker that is not running is a
+//!   [`ClientError::Connect`] naming the address).
+//!
+//! Records travel as Kafka RecordBatch v2 bytes (`fjord_protocol::codec` builds and
+//! decodes them); the broker never re-encodes them.
+//!
+//! ```no_run
+//! # async fn demo() -> fjord_client::Result<()> {
+//! use fjord_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Seek};
+//! let admin = Admin::connect("127.0.0.1:9192").await?;
+//! admin.create_topic("events", 3, &[("retention.ms", "3600000")]).await?;
+//! let producer = Producer::connect("127.0.0.1:9192", ProducerConfig::default()).await?;
+//! let sent = producer.send("events", Some("k".into()), Some("v".into()), vec![]).await?;
+//! let mut consumer = Consumer::connect("127.0.0.1:9192", ConsumerConfig::default()).await?;
+//! consumer.assign("events", &[sent.partition]).await?;
+//! consumer.seek("events", sent.partition, Seek::Beginning).await?;
+//! let records = consumer.poll().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod admin;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+
+pub use admin::{
+    Admin, OffsetSpec, PartitionInfo, PartitionOffset, TopicDescription, TopicSummary,
+};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
+pub use error::{ClientError, Result};
 pub use fjord_protocol::codec::{Compression, RecordInput};
+pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{Acks, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+
+/// One partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: u32) -> Self {
+        TopicPartition {
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}

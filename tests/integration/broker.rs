@@ -226,6 +226,13 @@ async fn the_subscribe_stream_tails_new_records() {
         .unwrap()
         .unwrap();
     assert_eq!(second.next_offset, 2);
+    // A subscription does not hold up a graceful shutdown: it ends, the broker exits 0.
+    let mut broker = broker;
+    assert!(broker.stop());
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
 
 async fn earliest(

@@ -24,6 +24,9 @@ pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 pub struct FjordService {
     pub topics: Arc<TopicManager>,
     pub metrics: Arc<Metrics>,
+    /// Becomes true when the broker shuts down: long polls return and subscriptions end,
+    /// so that graceful shutdown does not wait on them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn storage_status(e: StorageError) -> Status {
@@ -46,12 +49,31 @@ fn storage_status(e: StorageError) -> Status {
                 "fjord-log-end-offset",
                 log_end_offset.to_string().parse().expect("ascii"),
             );
-            status
+            with_kind(status, "offset-out-of-range")
         }
-        StorageError::InvalidBatch { .. }
-        | StorageError::BatchTooLarge { .. }
-        | StorageError::InvalidConfig { .. } => Status::invalid_argument(e.to_string()),
-        StorageError::DeleteBeyondHighWatermark { .. } => Status::out_of_range(e.to_string()),
+        StorageError::BatchTooLarge { .. } => {
+            with_kind(Status::invalid_argument(e.to_string()), "record-too-large")
+        }
+        StorageError::InvalidBatch { .. } => {
+            with_kind(Status::invalid_argument(e.to_string()), "corrupt-record")
+        }
+        StorageError::InvalidConfig { .. } => {
+            with_kind(Status::invalid_argument(e.to_string()), "invalid-config")
+        }
+        StorageError::DeleteBeyondHighWatermark {
+            offset,
+            high_watermark,
+        } => {
+            let mut status = Status::out_of_range(format!(
+                "cannot delete records before {offset}: above the high watermark \
+                 {high_watermark}"
+            ));
+            status.metadata_mut().insert(
+                "fjord-high-watermark",
+                high_watermark.to_string().parse().expect("ascii"),
+            );
+            with_kind(status, "offset-out-of-range")
+        }
         StorageError::LogOffline { .. } => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -59,13 +81,19 @@ fn storage_status(e: StorageError) -> Status {
 
 fn topic_status(e: TopicError) -> Status {
     let status = match e {
-        TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. } => {
-            Status::not_found(e.to_string())
+        TopicError::UnknownTopic(_) => with_kind(Status::not_found(e.to_string()), "unknown-topic"),
+        TopicError::UnknownPartition { .. } => {
+            with_kind(Status::not_found(e.to_string()), "unknown-partition")
         }
-        TopicError::AlreadyExists(_) => Status::already_exists(e.to_string()),
-        TopicError::InvalidName { .. }
-        | TopicError::InvalidPartitions(_)
-        | TopicError::Config(_) => Status::invalid_argument(e.to_string()),
+        TopicError::AlreadyExists(_) => {
+            with_kind(Status::already_exists(e.to_string()), "topic-exists")
+        }
+        TopicError::InvalidName { .. } | TopicError::InvalidPartitions(_) => {
+            with_kind(Status::invalid_argument(e.to_string()), "invalid-topic")
+        }
+        TopicError::Config(_) => {
+            with_kind(Status::invalid_argument(e.to_string()), "invalid-config")
+        }
         TopicError::Storage(e) => storage_status(e),
     };
     tracing::warn!(code = ?status.code(), message = status.message(), "request refused");
@@ -83,6 +111,24 @@ impl FjordService {
             .partition(topic, partition)
             .map_err(topic_status)
     }
+}
+
+/// Resolves when the broker starts shutting down.
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&stop| stop).await;
+}
+
+/// The largest gRPC request (Kafka's `socket.request.max.bytes` default).
+pub const REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
+
+/// Machine-readable error kinds in the `fjord-error` status metadata, so clients need not
+/// parse messages.
+fn with_kind(mut status: Status, kind: &'static str) -> Status {
+    status.metadata_mut().insert(
+        "fjord-error",
+        tonic::metadata::MetadataValue::from_static(kind),
+    );
+    status
 }
 
 fn next_offset(records: &Bytes, requested: i64) -> i64 {
@@ -221,13 +267,17 @@ impl Fjord for FjordService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let info = appended.map_err(|e| refuse(storage_status(e)))?;
+        let log_start_offset = self
+            .partition(&r.topic, r.partition)?
+            .log()
+            .log_start_offset();
         self.metrics
             .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
         Ok(Response::new(v1::ProduceResponse {
             base_offset: info.first_offset,
             last_offset: info.last_offset,
             log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
-            log_start_offset: 0,
+            log_start_offset,
         }))
     }
 
@@ -239,10 +289,12 @@ impl Fjord for FjordService {
         let partition = self.partition(&r.topic, r.partition)?;
         let max_bytes = r.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
         let wait = Duration::from_millis(r.max_wait_ms.min(FETCH_WAIT_MS_MAX) as u64);
-        let result = partition
-            .fetch(r.offset, max_bytes, r.min_bytes as usize, wait)
-            .await
-            .map_err(|e| refuse(storage_status(e)))?;
+        let mut shutdown = self.shutdown.clone();
+        let fetched = tokio::select! {
+            fetched = partition.fetch(r.offset, max_bytes, r.min_bytes as usize, wait) => fetched,
+            _ = stopped(&mut shutdown) => partition.read(r.offset, max_bytes),
+        };
+        let result = fetched.map_err(|e| refuse(storage_status(e)))?;
         self.metrics.fetched(&r.topic, result.records.len() as u64);
         Ok(Response::new(v1::FetchResponse {
             partition: r.partition,
@@ -268,6 +320,7 @@ impl Fjord for FjordService {
             .map_err(|e| refuse(storage_status(e)))?;
         let metrics = self.metrics.clone();
         let topic = r.topic.clone();
+        let mut shutdown = self.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut offset = r.offset;
@@ -289,6 +342,11 @@ impl Fjord for FjordService {
                     tokio::select! {
                         _ = partition.wait_for_data(offset, Duration::from_secs(30)) => {}
                         _ = tx.closed() => return,
+                        _ = stopped(&mut shutdown) => {
+                            let closing = Status::unavailable("the broker is shutting down");
+                            let _ = tx.send(Err(closing)).await;
+                            return;
+                        }
                     }
                     continue;
                 }

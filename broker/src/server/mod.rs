@@ -139,11 +139,16 @@ impl Broker {
         let service = grpc::FjordService {
             topics: topics.clone(),
             metrics: metrics.clone(),
+            shutdown: shutdown_rx.clone(),
         };
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(fjord_protocol::v1::fjord_server::FjordServer::new(service))
+                .add_service(
+                    fjord_protocol::v1::fjord_server::FjordServer::new(service)
+                        .max_decoding_message_size(grpc::REQUEST_BYTES_MAX)
+                        .max_encoding_message_size(grpc::REQUEST_BYTES_MAX),
+                )
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                     async move {

@@ -1,0 +1,281 @@
+//! [`Admin`]: topics, configs, offsets and record deletion.
+
+use fjord_protocol::v1;
+
+use crate::connection::{GrpcClient, connect};
+use crate::error::{ClientError, Result};
+
+/// A topic as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+}
+
+/// One partition's offsets and storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+/// A topic's partitions and configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+    /// The topic's own overrides.
+    pub overrides: Vec<(String, String)>,
+    /// Every config with its effective value (overrides, else the broker's defaults).
+    pub configs: Vec<(String, String)>,
+}
+
+/// Which offset [`Admin::list_offsets`] looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (the offset the next record will get, once committed).
+    Latest,
+    /// The first offset whose record's timestamp is at or after this time (ms since the
+    /// epoch).
+    Timestamp(i64),
+}
+
+/// The answer of [`Admin::list_offsets`] for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub partition: u32,
+    /// `None` for a [`OffsetSpec::Timestamp`] lookup when no record is at or after it.
+    pub offset: Option<i64>,
+    /// The found record's timestamp ([`OffsetSpec::Timestamp`] only).
+    pub timestamp_ms: Option<i64>,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+}
+
+/// Administrative calls. Cheap to clone (clones share the connection).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: GrpcClient,
+}
+
+fn entries(pairs: &[(&str, &str)]) -> Vec<v1::ConfigEntry> {
+    pairs
+        .iter()
+        .map(|(k, v)| v1::ConfigEntry {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+        .collect()
+}
+
+fn status(offset: Option<i64>) -> impl FnOnce(tonic::Status) -> ClientError {
+    move |s| ClientError::from_status(s, offset)
+}
+
+impl Admin {
+    /// Connects to the broker at `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Result<Admin> {
+        Ok(Admin {
+            client: connect(addr).await?,
+        })
+    }
+
+    pub(crate) fn from_client(client: GrpcClient) -> Admin {
+        Admin { client }
+    }
+
+    /// Creates a topic with `partitions` partitions (0: the broker's default) and config
+    /// overrides.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
+        let request = v1::CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            configs: entries(configs),
+        };
+        self.client
+            .clone()
+            .create_topic(request)
+            .await
+            .map_err(status(None))?;
+        Ok(())
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = v1::DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        self.client
+            .clone()
+            .delete_topic(request)
+            .await
+            .map_err(status(None))?;
+        Ok(())
+    }
+
+    /// Every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        let response = self
+            .client
+            .clone()
+            .list_topics(v1::ListTopicsRequest {})
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        let mut topics: Vec<TopicSummary> = response
+            .topics
+            .into_iter()
+            .map(|t| TopicSummary {
+                name: t.name,
+                partitions: t.partitions,
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// A topic's partitions (sorted by id) and configs.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let request = v1::DescribeTopicRequest {
+            name: name.to_string(),
+        };
+        let r = self
+            .client
+            .clone()
+            .describe_topic(request)
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        let mut partitions: Vec<PartitionInfo> = r
+            .partitions
+            .into_iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                log_start_offset: p.log_start_offset,
+                high_watermark: p.high_watermark,
+                log_end_offset: p.log_end_offset,
+                size_bytes: p.size_bytes,
+                segments: p.segments,
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        let pairs = |entries: Vec<v1::ConfigEntry>| -> Vec<(String, String)> {
+            entries.into_iter().map(|c| (c.key, c.value)).collect()
+        };
+        Ok(TopicDescription {
+            name: r.name,
+            partitions,
+            overrides: pairs(r.configs),
+            configs: pairs(r.effective_configs),
+        })
+    }
+
+    /// The number of partitions of a topic.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
+        Ok(self.describe_topic(topic).await?.partitions.len() as u32)
+    }
+
+    /// Sets the overrides `set` and removes the overrides named in `delete`.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: &[(&str, &str)],
+        delete: &[&str],
+    ) -> Result<()> {
+        let request = v1::AlterTopicConfigRequest {
+            name: name.to_string(),
+            set: entries(set),
+            delete: delete.iter().map(|k| k.to_string()).collect(),
+        };
+        self.client
+            .clone()
+            .alter_topic_config(request)
+            .await
+            .map_err(status(None))?;
+        Ok(())
+    }
+
+    /// The offset `spec` names, for every partition of `topic` (sorted by partition).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        spec: OffsetSpec,
+    ) -> Result<Vec<PartitionOffset>> {
+        self.list_partition_offsets(topic, &[], spec).await
+    }
+
+    /// [`Admin::list_offsets`] for some partitions only (empty: all of them).
+    pub async fn list_partition_offsets(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        spec: OffsetSpec,
+    ) -> Result<Vec<PartitionOffset>> {
+        let (spec_value, timestamp_ms) = match spec {
+            OffsetSpec::Earliest => (v1::OffsetSpec::Earliest, 0),
+            OffsetSpec::Latest => (v1::OffsetSpec::Latest, 0),
+            OffsetSpec::Timestamp(ms) => (v1::OffsetSpec::Timestamp, ms),
+        };
+        let request = v1::ListOffsetsRequest {
+            topic: topic.to_string(),
+            partitions: partitions.to_vec(),
+            spec: spec_value as i32,
+            timestamp_ms,
+        };
+        let response = self
+            .client
+            .clone()
+            .list_offsets(request)
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        let by_time = matches!(spec, OffsetSpec::Timestamp(_));
+        let mut offsets: Vec<PartitionOffset> = response
+            .offsets
+            .into_iter()
+            .map(|o| PartitionOffset {
+                partition: o.partition,
+                offset: (o.offset >= 0).then_some(o.offset),
+                timestamp_ms: (by_time && o.offset >= 0).then_some(o.timestamp_ms),
+                log_start_offset: o.log_start_offset,
+                high_watermark: o.high_watermark,
+            })
+            .collect();
+        offsets.sort_by_key(|o| o.partition);
+        Ok(offsets)
+    }
+
+    /// Deletes the records of one partition below `before_offset` (-1: up to the high
+    /// watermark). Returns the new log start offset.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before_offset: i64,
+    ) -> Result<i64> {
+        let request = v1::DeleteRecordsRequest {
+            topic: topic.to_string(),
+            partition,
+            before_offset,
+        };
+        let response = self
+            .client
+            .clone()
+            .delete_records(request)
+            .await
+            .map_err(status(Some(before_offset)))?
+            .into_inner();
+        Ok(response.log_start_offset)
+    }
+}

@@ -1,0 +1,482 @@
+//! [`Consumer`]: reads assigned partitions from positions the caller chooses.
+//!
+//! Every assigned partition with a position has at most one fetch (a long poll of
+//! `max_wait_ms`) in flight; fetches stay in flight across [`Consumer::poll`] calls, so a
+//! partition with data is never held back by idle ones. A seek bumps the partition's
+//! *epoch*, which voids the answer of a fetch already in flight. Retriable errors are
+//! retried with a backoff (up to [`FETCH_RETRIES`] in a row) before `poll` reports them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_protocol::{BatchIter, decode_records, v1};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::TopicPartition;
+use crate::admin::{Admin, OffsetSpec};
+use crate::connection::{GrpcClient, connect};
+use crate::error::{ClientError, Result};
+
+/// Retriable fetch errors in a row on one partition that are retried silently.
+pub const FETCH_RETRIES: u32 = 5;
+/// The wait before retrying a fetch that failed with a retriable error.
+const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// The most bytes one fetch returns (at least one whole batch is always returned).
+    pub max_bytes: u32,
+    /// How long a fetch waits at the broker for data before it returns empty.
+    pub max_wait_ms: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_bytes: 1024 * 1024,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+/// Where [`Consumer::seek`] moves a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// The log start offset.
+    Beginning,
+    /// The high watermark: only records produced from now on.
+    End,
+    /// An explicit offset.
+    Offset(i64),
+    /// The first record whose timestamp is at or after this time (ms since the epoch);
+    /// the end when there is none.
+    Timestamp(i64),
+}
+
+/// A record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// The next offset to read; `None` until a seek or the first poll (then: the end).
+    position: Option<i64>,
+    epoch: u64,
+    in_flight: bool,
+    /// Retriable failures in a row.
+    failures: u32,
+    /// The high watermark the last fetch saw.
+    high_watermark: Option<i64>,
+}
+
+struct FetchDone {
+    tp: TopicPartition,
+    epoch: u64,
+    offset: i64,
+    result: Result<v1::FetchResponse>,
+}
+
+/// Reads the partitions assigned to it. Not a group member: the caller chooses what to
+/// read ([`Consumer::assign`]) and from where ([`Consumer::seek`]).
+pub struct Consumer {
+    client: GrpcClient,
+    admin: Admin,
+    config: ConsumerConfig,
+    assigned: BTreeMap<TopicPartition, PartitionState>,
+    fetches: FuturesUnordered<BoxFuture<'static, FetchDone>>,
+    /// An error met while other partitions returned records; reported by the next poll.
+    pending_error: Option<ClientError>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("assigned", &self.assigned)
+            .field("fetches_in_flight", &self.fetches.len())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Connects to the broker at `addr`.
+    pub async fn connect(addr: &str, config: ConsumerConfig) -> Result<Consumer> {
+        let client = connect(addr).await?;
+        Ok(Consumer {
+            admin: Admin::from_client(client.clone()),
+            client,
+            config,
+            assigned: BTreeMap::new(),
+            fetches: FuturesUnordered::new(),
+            pending_error: None,
+        })
+    }
+
+    /// Adds partitions of `topic` to the assignment (empty: every partition). A partition
+    /// already assigned keeps its position; a new one starts at the end unless sought.
+    pub async fn assign(&mut self, topic: &str, partitions: &[u32]) -> Result<()> {
+        let count = self.admin.partition_count(topic).await?;
+        let wanted: Vec<u32> = if partitions.is_empty() {
+            (0..count).collect()
+        } else {
+            partitions.to_vec()
+        };
+        if let Some(&p) = wanted.iter().find(|&&p| p >= count) {
+            return Err(ClientError::UnknownPartition(format!(
+                "topic {topic} has no partition {p} (it has {count})"
+            )));
+        }
+        for p in wanted {
+            self.assigned
+                .entry(TopicPartition::new(topic, p))
+                .or_default();
+        }
+        Ok(())
+    }
+
+    /// Removes a partition from the assignment (a fetch in flight for it is ignored).
+    pub fn unassign(&mut self, topic: &str, partition: u32) {
+        self.assigned.remove(&TopicPartition::new(topic, partition));
+    }
+
+    /// The assigned partitions, sorted.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.assigned.keys().cloned().collect()
+    }
+
+    /// Moves the position of an assigned partition.
+    pub async fn seek(&mut self, topic: &str, partition: u32, to: Seek) -> Result<()> {
+        let tp = TopicPartition::new(topic, partition);
+        if !self.assigned.contains_key(&tp) {
+            return Err(ClientError::NotAssigned {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        let offset = match to {
+            Seek::Offset(n) => n,
+            Seek::Beginning => self.lookup(&tp, OffsetSpec::Earliest).await?,
+            Seek::End => self.lookup(&tp, OffsetSpec::Latest).await?,
+            Seek::Timestamp(ms) => self.lookup(&tp, OffsetSpec::Timestamp(ms)).await?,
+        };
+        let state = self
+            .assigned
+            .get_mut(&tp)
+            .ok_or_else(|| ClientError::NotAssigned {
+                topic: topic.to_string(),
+                partition,
+            })?;
+        state.position = Some(offset);
+        state.epoch += 1;
+        state.in_flight = false;
+        state.failures = 0;
+        Ok(())
+    }
+
+    async fn lookup(&self, tp: &TopicPartition, spec: OffsetSpec) -> Result<i64> {
+        let offsets = self
+            .admin
+            .list_partition_offsets(&tp.topic, &[tp.partition], spec)
+            .await?;
+        let found = offsets
+            .into_iter()
+            .find(|o| o.partition == tp.partition)
+            .ok_or_else(|| {
+                ClientError::UnknownPartition(format!(
+                    "topic {} has no partition {}",
+                    tp.topic, tp.partition
+                ))
+            })?;
+        // No record at or after the time: the end, as Kafka's consumer.
+        Ok(found.offset.unwrap_or(found.high_watermark))
+    }
+
+    /// The next offset `poll` reads from a partition; `None` if it is not assigned or has
+    /// no position yet (neither sought nor polled).
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.assigned
+            .get(&TopicPartition::new(topic, partition))?
+            .position
+    }
+
+    /// The high watermark a partition's last fetch saw.
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.assigned
+            .get(&TopicPartition::new(topic, partition))?
+            .high_watermark
+    }
+
+    /// The current high watermark of every assigned partition.
+    pub async fn end_offsets(&self) -> Result<BTreeMap<TopicPartition, i64>> {
+        let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for tp in self.assigned.keys() {
+            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let mut out = BTreeMap::new();
+        for (topic, partitions) in by_topic {
+            let offsets = self
+                .admin
+                .list_partition_offsets(topic, &partitions, OffsetSpec::Latest)
+                .await?;
+            for o in offsets {
+                out.insert(TopicPartition::new(topic, o.partition), o.high_watermark);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for records from any assigned partition (up to about `max_wait_ms` when
+    /// none come) and returns them, each partition's in offset order; positions move past
+    /// them. Records before a partition's position (the first batch of a fetch may start
+    /// earlier) are skipped, as are control batches.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
+        let wait = Duration::from_millis(u64::from(self.config.max_wait_ms));
+        if self.assigned.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
+        self.resolve_positions().await?;
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            self.start_fetches();
+            let done = match tokio::time::timeout_at(deadline, self.fetches.next()).await {
+                Ok(Some(done)) => done,
+                Ok(None) | Err(_) => return Ok(out),
+            };
+            let mut result = self.complete(done, &mut out);
+            while result.is_ok() {
+                match self.fetches.next().now_or_never() {
+                    Some(Some(done)) => result = self.complete(done, &mut out),
+                    _ => break,
+                }
+            }
+            if let Err(e) = result {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                self.pending_error = Some(e);
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The records as a stream (endless: it polls again whenever its buffer is empty).
+    /// An error is yielded as an item and the stream goes on.
+    pub fn into_stream(self) -> impl Stream<Item = Result<ConsumerRecord>> + Send {
+        futures_util::stream::unfold(
+            (self, VecDeque::new()),
+            |(mut consumer, mut buffer)| async move {
+                loop {
+                    if let Some(record) = buffer.pop_front() {
+                        return Some((Ok(record), (consumer, buffer)));
+                    }
+                    match consumer.poll().await {
+                        Ok(records) => buffer.extend(records),
+                        Err(e) => return Some((Err(e), (consumer, buffer))),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Partitions with no position yet start at the end.
+    async fn resolve_positions(&mut self) -> Result<()> {
+        let unset: Vec<TopicPartition> = self
+            .assigned
+            .iter()
+            .filter(|(_, s)| s.position.is_none())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let topics: BTreeSet<&str> = unset.iter().map(|tp| tp.topic.as_str()).collect();
+        let mut ends = BTreeMap::new();
+        for topic in topics {
+            let partitions: Vec<u32> = unset
+                .iter()
+                .filter(|tp| tp.topic == topic)
+                .map(|tp| tp.partition)
+                .collect();
+            for o in self
+                .admin
+                .list_partition_offsets(topic, &partitions, OffsetSpec::Latest)
+                .await?
+            {
+                ends.insert(TopicPartition::new(topic, o.partition), o.high_watermark);
+            }
+        }
+        for (tp, end) in ends {
+            if let Some(state) = self.assigned.get_mut(&tp)
+                && state.position.is_none()
+            {
+                state.position = Some(end);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_fetches(&mut self) {
+        for (tp, state) in &mut self.assigned {
+            let Some(offset) = state.position else {
+                continue;
+            };
+            if state.in_flight {
+                continue;
+            }
+            state.in_flight = true;
+            let delay = (state.failures > 0).then_some(FETCH_BACKOFF);
+            let request = v1::FetchRequest {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset,
+                max_bytes: self.config.max_bytes,
+                max_wait_ms: self.config.max_wait_ms,
+                min_bytes: 1,
+            };
+            let mut client = self.client.clone();
+            let tp = tp.clone();
+            let epoch = state.epoch;
+            self.fetches.push(Box::pin(async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let result = client
+                    .fetch(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| ClientError::from_status(s, Some(offset)));
+                FetchDone {
+                    tp,
+                    epoch,
+                    offset,
+                    result,
+                }
+            }));
+        }
+    }
+
+    /// Takes in a finished fetch: its records go to `out` and the position moves.
+    fn complete(&mut self, done: FetchDone, out: &mut Vec<ConsumerRecord>) -> Result<()> {
+        let Some(state) = self.assigned.get_mut(&done.tp) else {
+            return Ok(()); // unassigned since
+        };
+        if state.epoch != done.epoch || state.position != Some(done.offset) {
+            return Ok(()); // sought since
+        }
+        state.in_flight = false;
+        match done.result {
+            Ok(response) => {
+                state.failures = 0;
+                state.high_watermark = Some(response.high_watermark);
+                let before = out.len();
+                decode_into(&done.tp, &response.records, done.offset, out)?;
+                let last = out[before..].last().map_or(done.offset, |r| r.offset + 1);
+                state.position = Some(response.next_offset.max(last).max(done.offset));
+                Ok(())
+            }
+            Err(e) if e.is_retriable() && state.failures < FETCH_RETRIES => {
+                tracing::debug!(topic = %done.tp.topic, partition = done.tp.partition,
+                    error = %e, "retrying fetch");
+                state.failures += 1;
+                Ok(())
+            }
+            Err(e) => {
+                state.failures = 0;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Decodes the records at or after `from` of whole batches `bytes`.
+pub(crate) fn decode_into(
+    tp: &TopicPartition,
+    bytes: &[u8],
+    from: i64,
+    out: &mut Vec<ConsumerRecord>,
+) -> Result<()> {
+    for header in BatchIter::headers_only(bytes) {
+        let header = header?;
+        if header.is_control() || header.next_offset() <= from {
+            continue;
+        }
+        for r in decode_records(header.as_bytes())? {
+            if r.offset < from {
+                continue;
+            }
+            out.push(ConsumerRecord {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_protocol::batch::assign_offsets;
+    use fjord_protocol::codec::{Compression, RecordInput, encode_batch};
+
+    fn batch(base: i64, values: &[&str]) -> Vec<u8> {
+        let records: Vec<RecordInput> = values
+            .iter()
+            .map(|v| RecordInput::new(Some(b"k".to_vec()), Some(v.as_bytes().to_vec()), 7))
+            .collect();
+        let mut bytes = encode_batch(&records, Compression::Lz4).unwrap().to_vec();
+        assign_offsets(&mut bytes, base, 0);
+        bytes
+    }
+
+    #[test]
+    fn skips_records_before_the_position_in_the_first_batch() {
+        let mut bytes = batch(10, &["a", "b", "c"]);
+        bytes.extend(batch(13, &["d", "e"]));
+        let tp = TopicPartition::new("t", 2);
+        let mut out = Vec::new();
+        decode_into(&tp, &bytes, 12, &mut out).unwrap();
+        let got: Vec<(i64, &[u8])> = out
+            .iter()
+            .map(|r| (r.offset, r.value.as_deref().unwrap()))
+            .collect();
+        assert_eq!(got, vec![(12, &b"c"[..]), (13, b"d"), (14, b"e")]);
+        assert!(out.iter().all(|r| r.partition == 2 && r.timestamp_ms == 7));
+        // A batch wholly before the position is skipped without decoding.
+        out.clear();
+        decode_into(&tp, &bytes, 13, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_a_codec_error() {
+        let mut bytes = batch(0, &["a"]);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let mut out = Vec::new();
+        let e = decode_into(&TopicPartition::new("t", 0), &bytes, 0, &mut out).unwrap_err();
+        assert!(matches!(e, ClientError::Codec(_)), "{e:?}");
+    }
+}

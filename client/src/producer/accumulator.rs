@@ -1,0 +1,354 @@
+//! The record accumulator: records collected per partition into batches, and the choice
+//! of which batches to send when. Pure: no I/O and no clock of its own (callers pass
+//! `now`), so the batching rules are unit-tested directly.
+//!
+//! Rules (Kafka's): a partition has at most one *open* batch that records join, and a
+//! queue of *full* ones. A batch is full when the next record would take it over
+//! `batch_bytes` (a record larger than that travels alone). A partition with no request in
+//! flight sends its full batches at once, and its open batch once `linger` has passed since
+//! the batch's first record, or when a flush (or close) covers it. A batch stays open,
+//! gathering records, while the partition's previous request is in flight. One request
+//! per partition is in flight at a time (so retries never reorder a partition's records);
+//! it carries every sendable batch, up to `request_bytes`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use fjord_protocol::codec::RecordInput;
+use tokio::time::Instant;
+
+use crate::TopicPartition;
+
+/// Bytes of a RecordBatch v2 header.
+pub(crate) const BATCH_OVERHEAD: usize = fjord_protocol::batch::HEADER_SIZE;
+/// The most a record's framing can take: length, attributes, timestamp and offset deltas,
+/// key and value lengths, header count (varints at their widest).
+const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+
+/// An upper bound of a record's encoded size (uncompressed).
+pub(crate) fn record_size(record: &RecordInput) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    RECORD_OVERHEAD
+        + record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + headers
+}
+
+/// A batch being built or sent; `T` is what completes each record (a reply channel).
+#[derive(Debug)]
+pub(crate) struct Batch<T> {
+    pub id: u64,
+    pub records: Vec<RecordInput>,
+    pub replies: Vec<T>,
+    /// Estimated encoded size.
+    pub size: usize,
+    pub created: Instant,
+}
+
+#[derive(Debug)]
+struct Queue<T> {
+    open: Option<Batch<T>>,
+    full: VecDeque<Batch<T>>,
+    in_flight: bool,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue {
+            open: None,
+            full: VecDeque::new(),
+            in_flight: false,
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Accumulator<T> {
+    batch_bytes: usize,
+    linger: Duration,
+    request_bytes: usize,
+    queues: HashMap<TopicPartition, Queue<T>>,
+    next_id: u64,
+    /// Ids of the batches not yet completed (open, full or in flight).
+    outstanding: BTreeSet<u64>,
+}
+
+impl<T> Accumulator<T> {
+    pub(crate) fn new(batch_bytes: usize, linger: Duration, request_bytes: usize) -> Self {
+        Accumulator {
+            batch_bytes: batch_bytes.max(1),
+            linger,
+            request_bytes: request_bytes.max(1),
+            queues: HashMap::new(),
+            next_id: 0,
+            outstanding: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a record to `tp`'s open batch (opening one if needed). Returns the id of the
+    /// batch it joined.
+    pub(crate) fn append(
+        &mut self,
+        tp: &TopicPartition,
+        record: RecordInput,
+        reply: T,
+        now: Instant,
+    ) -> u64 {
+        let size = record_size(&record);
+        let queue = self.queues.entry(tp.clone()).or_default();
+        if let Some(open) = &queue.open
+            && open.size + size > self.batch_bytes
+        {
+            let full = queue.open.take().expect("checked");
+            queue.full.push_back(full);
+        }
+        let batch = queue.open.get_or_insert_with(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.outstanding.insert(id);
+            Batch {
+                id,
+                records: Vec::new(),
+                replies: Vec::new(),
+                size: BATCH_OVERHEAD,
+                created: now,
+            }
+        });
+        batch.records.push(record);
+        batch.replies.push(reply);
+        batch.size += size;
+        let id = batch.id;
+        if batch.size >= self.batch_bytes {
+            let full = queue.open.take().expect("just filled");
+            queue.full.push_back(full);
+        }
+        id
+    }
+
+    /// The id of `tp`'s open batch, if it has one.
+    pub(crate) fn open_batch(&self, tp: &TopicPartition) -> Option<u64> {
+        self.queues.get(tp)?.open.as_ref().map(|b| b.id)
+    }
+
+    /// Takes the batches to send now, per partition, and marks those partitions in flight.
+    /// Open batches with an id below `force_below` are sent regardless of linger.
+    pub(crate) fn drain(
+        &mut self,
+        now: Instant,
+        force_below: u64,
+    ) -> Vec<(TopicPartition, Vec<Batch<T>>)> {
+        let mut out = Vec::new();
+        for (tp, queue) in &mut self.queues {
+            if queue.in_flight {
+                continue;
+            }
+            let mut batches = Vec::new();
+            let mut bytes = 0;
+            while let Some(front) = queue.full.front() {
+                if !batches.is_empty() && bytes + front.size > self.request_bytes {
+                    break;
+                }
+                bytes += front.size;
+                batches.push(queue.full.pop_front().expect("checked"));
+            }
+            if queue.full.is_empty()
+                && let Some(open) = &queue.open
+            {
+                let due = open.created + self.linger <= now || open.id < force_below;
+                let fits = batches.is_empty() || bytes + open.size <= self.request_bytes;
+                if due && fits {
+                    batches.push(queue.open.take().expect("checked"));
+                }
+            }
+            if !batches.is_empty() {
+                queue.in_flight = true;
+                out.push((tp.clone(), batches));
+            }
+        }
+        // Deterministic order (tests, and fairness does not depend on hashing).
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The request for `tp` carrying the batches `ids` completed (either way).
+    pub(crate) fn complete(&mut self, tp: &TopicPartition, ids: &[u64]) {
+        for id in ids {
+            self.outstanding.remove(id);
+        }
+        if let Some(queue) = self.queues.get_mut(tp) {
+            queue.in_flight = false;
+            if queue.open.is_none() && queue.full.is_empty() {
+                self.queues.remove(tp);
+            }
+        }
+    }
+
+    /// When the next open batch becomes due, if any is waiting for its linger. (A
+    /// partition with a request in flight is woken by the request's completion.)
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.queues
+            .values()
+            .filter(|q| !q.in_flight)
+            .filter_map(|q| {
+                if q.full.is_empty() {
+                    q.open.as_ref().map(|b| b.created + self.linger)
+                } else {
+                    Some(q.full[0].created)
+                }
+            })
+            .min()
+    }
+
+    /// The id the next batch will get: every batch so far has a lower one.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Whether no batch below `id` is outstanding.
+    pub(crate) fn completed_below(&self, id: u64) -> bool {
+        self.outstanding.first().is_none_or(|&first| first >= id)
+    }
+
+    /// Whether nothing is pending or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: u32) -> TopicPartition {
+        TopicPartition::new("t", p)
+    }
+
+    fn record(value_len: usize) -> RecordInput {
+        RecordInput::new(None, Some(vec![b'v'; value_len]), 0)
+    }
+
+    fn sizes(batches: &[Batch<u32>]) -> Vec<Vec<u32>> {
+        batches.iter().map(|b| b.replies.clone()).collect()
+    }
+
+    #[test]
+    fn open_batch_waits_for_linger() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20);
+        let id = acc.append(&tp(0), record(10), 1u32, t0);
+        acc.append(&tp(0), record(10), 2, t0 + Duration::from_millis(1));
+        assert_eq!(acc.open_batch(&tp(0)), Some(id));
+        assert!(acc.drain(t0 + Duration::from_millis(4), 0).is_empty());
+        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(5)));
+        let sent = acc.drain(t0 + Duration::from_millis(5), 0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sizes(&sent[0].1), vec![vec![1, 2]]);
+        assert!(!acc.is_idle());
+        acc.complete(&tp(0), &[id]);
+        assert!(acc.is_idle());
+        assert_eq!(acc.next_deadline(), None);
+    }
+
+    #[test]
+    fn batch_bytes_closes_a_batch_and_sends_it_without_waiting() {
+        let t0 = Instant::now();
+        // Each record is ~36 + 100 bytes; three fit in 500 with the header, four do not.
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20);
+        for i in 0..7 {
+            acc.append(&tp(0), record(100), i, t0);
+        }
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sent.len(), 1);
+        let (_, batches) = &sent[0];
+        // Two full batches go now; the open one (record 6) waits for linger.
+        assert_eq!(sizes(batches), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        assert!(batches.iter().all(|b| b.size <= 500));
+        assert_eq!(acc.open_batch(&tp(0)), Some(2));
+    }
+
+    #[test]
+    fn a_record_larger_than_batch_bytes_travels_alone() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(200, Duration::from_secs(60), 1 << 20);
+        acc.append(&tp(0), record(10), 0u32, t0);
+        acc.append(&tp(0), record(1000), 1, t0);
+        acc.append(&tp(0), record(10), 2, t0);
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sizes(&sent[0].1), vec![vec![0], vec![1]]);
+        assert_eq!(acc.open_batch(&tp(0)), Some(2));
+    }
+
+    #[test]
+    fn one_request_in_flight_per_partition_and_records_keep_joining() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20);
+        let first = acc.append(&tp(0), record(1), 0u32, t0);
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sizes(&sent[0].1), vec![vec![0]]);
+        // In flight: later records gather in one batch, even with linger 0.
+        for i in 1..5 {
+            acc.append(&tp(0), record(1), i, t0);
+        }
+        acc.append(&tp(1), record(1), 99, t0);
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sent.len(), 1, "partition 1 only");
+        assert_eq!(sent[0].0, tp(1));
+        acc.complete(&tp(0), &[first]);
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sent[0].0, tp(0));
+        assert_eq!(sizes(&sent[0].1), vec![vec![1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn request_bytes_splits_a_backlog_into_requests() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(200, Duration::ZERO, 450);
+        for i in 0..8 {
+            acc.append(&tp(0), record(100), i, t0);
+        }
+        let mut requests = Vec::new();
+        loop {
+            let mut sent = acc.drain(t0, 0);
+            if sent.is_empty() {
+                break;
+            }
+            let (tp0, batches) = sent.remove(0);
+            let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+            requests.push(sizes(&batches));
+            acc.complete(&tp0, &ids);
+        }
+        // One record per batch (two would pass 200), two batches per request (three would
+        // pass 450).
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(requests.iter().all(|r| r.len() == 2), "{requests:?}");
+        let all: Vec<u32> = requests.into_iter().flatten().flatten().collect();
+        assert_eq!(all, (0..8).collect::<Vec<_>>(), "order kept");
+        assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn flush_forces_open_batches_created_before_it() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_secs(60), 1 << 20);
+        let a = acc.append(&tp(0), record(1), 0u32, t0);
+        let b = acc.append(&tp(1), record(1), 1, t0);
+        let flush_below = acc.next_id();
+        assert!(!acc.completed_below(flush_below));
+        let sent = acc.drain(t0, flush_below);
+        assert_eq!(sent.len(), 2);
+        // A batch opened after the flush is not forced.
+        let c = acc.append(&tp(2), record(1), 2, t0);
+        assert!(c >= flush_below);
+        assert!(acc.drain(t0, flush_below).is_empty());
+        acc.complete(&tp(0), &[a]);
+        assert!(!acc.completed_below(flush_below));
+        acc.complete(&tp(1), &[b]);
+        assert!(acc.completed_below(flush_below));
+        assert!(!acc.is_idle());
+    }
+}

@@ -1,0 +1,551 @@
+//! [`Producer`]: batching, partitioning and retrying sends.
+//!
+//! `send` only queues a command to a background task (the *dispatcher*), so the order of
+//! `send` calls is the order of the records in their partition, whenever the returned
+//! futures are awaited. The dispatcher places each record (explicit partition, murmur2 of
+//! the key, or sticky for keyless records), adds it to the [`accumulator`], and starts one
+//! request task per partition with sendable batches; the task retries retriable errors with
+//! backoff, completes the records' futures, and reports back so the partition's next
+//! request can go.
+
+pub(crate) mod accumulator;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use fjord_protocol::codec::{ProducerFields, RecordInput, encode_batch_with};
+use fjord_protocol::v1;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::TopicPartition;
+use crate::admin::Admin;
+use crate::connection::{GrpcClient, connect};
+use crate::error::{ClientError, Result};
+use crate::partitioner::{StickyPartitioner, partition_for_key};
+use accumulator::{Accumulator, Batch};
+
+pub use fjord_protocol::Compression;
+
+/// When the broker acknowledges a produce request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// acks=0: do not wait; records get no offset (-1).
+    None,
+    /// acks=1: after the leader's append.
+    Leader,
+    /// acks=all: after the batch is durable on every in-sync replica.
+    #[default]
+    All,
+}
+
+/// Producer settings. `ProducerConfig::default()`: acks all, linger 5 ms, 16 KiB batches,
+/// no compression, 5 retries 100 ms apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger_ms: u64,
+    /// A batch is sent once it holds this many bytes.
+    pub batch_bytes: usize,
+    pub compression: Compression,
+    /// How many times a request failing with a retriable error is tried again.
+    pub retries: u32,
+    /// The wait before each retry.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger_ms: 5,
+            batch_bytes: 16 * 1024,
+            compression: Compression::None,
+            retries: 5,
+            retry_backoff_ms: 100,
+        }
+    }
+}
+
+/// Where a record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    /// -1 with [`Acks::None`].
+    pub offset: i64,
+}
+
+/// A record to send, with every optional field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// `None`: chosen by the partitioner.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    /// `None` is a tombstone.
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Creation time (ms since the epoch); `None`: now.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The most one produce request carries (the broker accepts gRPC messages up to 4 MiB).
+const REQUEST_BYTES: usize = 1024 * 1024;
+/// Commands handled in one go before the dispatcher looks at completions and timers.
+const COMMANDS_PER_TURN: usize = 1024;
+
+type Reply = oneshot::Sender<Result<RecordMetadata>>;
+
+enum Command {
+    Send {
+        topic: String,
+        partition: Option<u32>,
+        record: RecordInput,
+        reply: Reply,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sends records in batches. Cheap to clone (clones share the batches and the
+/// connection). Dropping every clone sends what is pending in the background; call
+/// [`Producer::flush`] (or [`Producer::close`]) to wait for it.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Send {
+                topic, partition, ..
+            } => write!(f, "Send({topic}, {partition:?})"),
+            Command::Flush(_) => write!(f, "Flush"),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Producer {
+    /// Connects to the broker at `addr` and starts the dispatcher task (on the current
+    /// tokio runtime).
+    pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer> {
+        let client = connect(addr).await?;
+        Ok(Producer::start(client, config))
+    }
+
+    fn start(client: GrpcClient, config: ProducerConfig) -> Producer {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let dispatcher = Dispatcher {
+            acc: Accumulator::new(
+                config.batch_bytes,
+                Duration::from_millis(config.linger_ms),
+                REQUEST_BYTES.max(config.batch_bytes),
+            ),
+            client,
+            config,
+            sticky: StickyPartitioner::new(seed),
+            counts: HashMap::new(),
+            unknown: HashMap::new(),
+            flush_waiters: Vec::new(),
+            done_tx,
+            done_rx,
+        };
+        tokio::spawn(dispatcher.run(rx));
+        Producer { commands }
+    }
+
+    /// Sends a record to the partition the partitioner picks. The future resolves once
+    /// the record's batch is acknowledged, with its partition and offset.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        headers: Vec<(String, Option<Bytes>)>,
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+        self.send_record(ProducerRecord {
+            topic: topic.to_string(),
+            partition: None,
+            key,
+            value,
+            headers,
+            timestamp_ms: None,
+        })
+    }
+
+    /// [`Producer::send`] to an explicit partition.
+    pub fn send_to_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        headers: Vec<(String, Option<Bytes>)>,
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+        self.send_record(ProducerRecord {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key,
+            value,
+            headers,
+            timestamp_ms: None,
+        })
+    }
+
+    /// Sends a record with every field given. The record is queued before this returns:
+    /// records of one partition are written in the order of these calls.
+    pub fn send_record(
+        &self,
+        record: ProducerRecord,
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let input = RecordInput {
+            key: record.key.map(|b| b.to_vec()),
+            value: record.value.map(|b| b.to_vec()),
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, v.map(|b| b.to_vec())))
+                .collect(),
+            timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
+        };
+        // If the dispatcher is gone, `reply` is dropped with the command and `rx` fails.
+        let _ = self.commands.send(Command::Send {
+            topic: record.topic,
+            partition: record.partition,
+            record: input,
+            reply,
+        });
+        async move { rx.await.unwrap_or(Err(ClientError::ProducerClosed)) }
+    }
+
+    /// Sends every record queued so far without waiting for linger, and waits until all
+    /// of them are acknowledged or failed (each one's own future tells which).
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Flush(tx))
+            .map_err(|_| ClientError::ProducerClosed)?;
+        rx.await.map_err(|_| ClientError::ProducerClosed)
+    }
+
+    /// Flushes, then drops this handle.
+    pub async fn close(self) -> Result<()> {
+        self.flush().await
+    }
+}
+
+/// What a request task reports when it is done.
+struct Done {
+    tp: TopicPartition,
+    ids: Vec<u64>,
+    /// The partition or topic was not found: the cached partition count is stale.
+    stale_metadata: bool,
+}
+
+struct Dispatcher {
+    client: GrpcClient,
+    config: ProducerConfig,
+    acc: Accumulator<Reply>,
+    sticky: StickyPartitioner,
+    /// Partition counts per topic.
+    counts: HashMap<String, u32>,
+    /// Topics whose lookup failed lately, with the error and until when it stands.
+    unknown: HashMap<String, (ClientError, Instant)>,
+    /// Flushes waiting for every batch with an id below theirs.
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut closing = false;
+        loop {
+            let deadline = self.acc.next_deadline();
+            tokio::select! {
+                biased;
+                Some(done) = self.done_rx.recv() => {
+                    self.acc.complete(&done.tp, &done.ids);
+                    if done.stale_metadata {
+                        self.counts.remove(&done.tp.topic);
+                        self.sticky.forget(&done.tp.topic);
+                    }
+                }
+                command = commands.recv(), if !closing => match command {
+                    Some(command) => {
+                        self.handle(command).await;
+                        for _ in 1..COMMANDS_PER_TURN {
+                            match commands.try_recv() {
+                                Ok(command) => self.handle(command).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => closing = true,
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                    if deadline.is_some() => {}
+            }
+            let force_below = if closing {
+                u64::MAX
+            } else {
+                self.flush_waiters.iter().map(|w| w.0).max().unwrap_or(0)
+            };
+            for (tp, batches) in self.acc.drain(Instant::now(), force_below) {
+                let request = Request {
+                    client: self.client.clone(),
+                    config: self.config.clone(),
+                    tp,
+                    batches,
+                };
+                let done_tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let _ = done_tx.send(request.run().await);
+                });
+            }
+            let acc = &self.acc;
+            for (_, tx) in self
+                .flush_waiters
+                .extract_if(.., |w| acc.completed_below(w.0))
+            {
+                let _ = tx.send(());
+            }
+            if closing && self.acc.is_idle() {
+                break;
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Flush(tx) => {
+                let below = self.acc.next_id();
+                if self.acc.completed_below(below) {
+                    let _ = tx.send(());
+                } else {
+                    self.flush_waiters.push((below, tx));
+                }
+            }
+            Command::Send {
+                topic,
+                partition,
+                record,
+                reply,
+            } => {
+                let partition = match self.place(&topic, partition, record.key.as_deref()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let keyless = record.key.is_none();
+                let tp = TopicPartition::new(&topic, partition);
+                let batch = self.acc.append(&tp, record, reply, Instant::now());
+                if keyless {
+                    self.sticky.joined(&topic, partition, batch);
+                }
+            }
+        }
+    }
+
+    /// The partition of a record.
+    async fn place(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+    ) -> Result<u32> {
+        let mut count = self.partition_count(topic, false).await?;
+        if let Some(p) = partition {
+            if p >= count {
+                // The topic may have been re-created with more partitions.
+                count = self.partition_count(topic, true).await?;
+            }
+            if p >= count {
+                return Err(ClientError::UnknownPartition(format!(
+                    "topic {topic} has no partition {p} (it has {count})"
+                )));
+            }
+            return Ok(p);
+        }
+        Ok(match key {
+            Some(key) => partition_for_key(key, count),
+            None => {
+                let acc = &self.acc;
+                self.sticky.partition(topic, count, |p| {
+                    acc.open_batch(&TopicPartition::new(topic, p))
+                })
+            }
+        })
+    }
+
+    async fn partition_count(&mut self, topic: &str, refresh: bool) -> Result<u32> {
+        if !refresh && let Some(&n) = self.counts.get(topic) {
+            return Ok(n);
+        }
+        if let Some((e, until)) = self.unknown.get(topic) {
+            if Instant::now() < *until {
+                return Err(e.clone());
+            }
+            self.unknown.remove(topic);
+        }
+        let admin = Admin::from_client(self.client.clone());
+        let backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        let mut attempt = 0;
+        let result = loop {
+            match admin.partition_count(topic).await {
+                Err(e) if e.is_retriable() && attempt < self.config.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(n) => {
+                if self.counts.insert(topic.to_string(), n) != Some(n) {
+                    self.sticky.forget(topic);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                let until = Instant::now() + backoff.max(Duration::from_millis(100));
+                self.unknown.insert(topic.to_string(), (e.clone(), until));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One produce request: the batches of one partition.
+struct Request {
+    client: GrpcClient,
+    config: ProducerConfig,
+    tp: TopicPartition,
+    batches: Vec<Batch<Reply>>,
+}
+
+impl Request {
+    async fn run(self) -> Done {
+        let Request {
+            client,
+            config,
+            tp,
+            batches,
+        } = self;
+        let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+        // Encode; a batch that cannot be encoded fails alone.
+        let mut records = BytesMut::new();
+        let mut sent = Vec::with_capacity(batches.len());
+        for batch in batches {
+            match encode_batch_with(
+                &batch.records,
+                config.compression,
+                ProducerFields::default(),
+            ) {
+                Ok(bytes) => {
+                    records.extend_from_slice(&bytes);
+                    sent.push(batch);
+                }
+                Err(e) => fail(batch, ClientError::from(e)),
+            }
+        }
+        if sent.is_empty() {
+            return Done {
+                tp,
+                ids,
+                stale_metadata: false,
+            };
+        }
+        let acks = match config.acks {
+            Acks::None => v1::Acks::None,
+            Acks::Leader => v1::Acks::Leader,
+            Acks::All => v1::Acks::All,
+        };
+        let request = v1::ProduceRequest {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            acks: acks as i32,
+            records: records.freeze(),
+        };
+        let mut attempt = 0;
+        let result = loop {
+            match client.clone().produce(request.clone()).await {
+                Ok(response) => break Ok(response.into_inner()),
+                Err(status) => {
+                    let e = match ClientError::from_status(status, None) {
+                        // A produce names no offset: OUT_OF_RANGE is gRPC's message size
+                        // limit (4 MiB at the broker) refusing the request.
+                        ClientError::OffsetOutOfRange { message, .. } => {
+                            ClientError::RecordTooLarge(message)
+                        }
+                        e => e,
+                    };
+                    if e.is_retriable() && attempt < config.retries {
+                        attempt += 1;
+                        tracing::debug!(topic = %tp.topic, partition = tp.partition, attempt,
+                            error = %e, "retrying produce");
+                        tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms)).await;
+                        continue;
+                    }
+                    break Err(e);
+                }
+            }
+        };
+        let mut stale_metadata = false;
+        match result {
+            Ok(response) => {
+                let mut base = response.base_offset;
+                for batch in sent {
+                    let n = batch.records.len() as i64;
+                    for (i, reply) in batch.replies.into_iter().enumerate() {
+                        let offset = match config.acks {
+                            Acks::None => -1,
+                            _ => base + i as i64,
+                        };
+                        let _ = reply.send(Ok(RecordMetadata {
+                            partition: tp.partition,
+                            offset,
+                        }));
+                    }
+                    base += n;
+                }
+            }
+            Err(e) => {
+                stale_metadata = matches!(
+                    e,
+                    ClientError::UnknownPartition(_) | ClientError::UnknownTopic(_)
+                );
+                for batch in sent {
+                    fail(batch, e.clone());
+                }
+            }
+        }
+        Done {
+            tp,
+            ids,
+            stale_metadata,
+        }
+    }
+}
+
+fn fail(batch: Batch<Reply>, e: ClientError) {
+    for reply in batch.replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
