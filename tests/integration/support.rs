@@ -289,3 +289,36 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Runs `fjord ARGS` against `broker` with `stdin`; (exit success, stdout, stderr).
+pub fn fjord(broker: &BrokerProcess, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(binary("fjord"))
+        .arg("--brokers")
+        .arg(broker.grpc_addr.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fjord");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().expect("fjord output");
+    writer.join().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    )
+}
+
+/// `fjord ARGS`, which must succeed; its stdout.
+pub fn fjord_ok(broker: &BrokerProcess, args: &[&str], stdin: &[u8]) -> String {
+    let (ok, stdout, stderr) = fjord(broker, args, stdin);
+    assert!(ok, "fjord {args:?} failed: {stderr}");
+    stdout
+}
