@@ -259,6 +259,9 @@ impl BrokerConfig {
     }
 }
 
+/// The largest `max.message.bytes`: one batch must fit in one fetch response.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// The topic configs Fjord knows, Kafka's names.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
@@ -355,6 +358,13 @@ impl TopicConfig {
             "segment.index.bytes" => log.segment_index_bytes = parse(key, value)?,
             "segment.ms" => log.segment_ms = parse(key, value)?,
             _ => return Err(ConfigError::UnknownKey { key: key.into() }),
+        }
+        if self.log.max_message_bytes > MESSAGE_BYTES_MAX {
+            return Err(ConfigError::InvalidValue {
+                key: key.into(),
+                value: value.into(),
+                reason: format!("at most {MESSAGE_BYTES_MAX} (what one fetch can carry)"),
+            });
         }
         if self.flush_messages < 1 || self.flush_ms < 0 {
             return Err(ConfigError::InvalidValue {

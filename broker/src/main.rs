@@ -37,7 +37,12 @@ fn main() -> std::process::ExitCode {
             }
         };
         wait_for_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down (a second signal exits at once)");
+        tokio::spawn(async {
+            wait_for_signal().await;
+            eprintln!("fjord-broker: second signal, exiting without a clean shutdown");
+            std::process::exit(130);
+        });
         match broker.shutdown().await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

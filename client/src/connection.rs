@@ -15,6 +15,11 @@ pub type GrpcClient = FjordClient<Channel>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest response accepted (fetches are capped at 64 MiB by the broker).
 const MAX_RESPONSE_BYTES: usize = 80 * 1024 * 1024;
+/// How long any one call may take: above the broker's longest long poll (60 s), so a
+/// hung broker or a half-open connection fails the call instead of blocking it forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 pings find a dead connection even when no call is running.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Connects to `addr` (`host:port`, or a `http://` URI), eagerly: a broker that is not
 /// running is a [`ClientError::Connect`] naming the address. A connection that breaks
@@ -31,6 +36,10 @@ pub async fn connect(addr: &str) -> Result<GrpcClient> {
             reason: error_chain(&e),
         })?
         .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
         addr: addr.to_string(),

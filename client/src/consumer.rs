@@ -386,10 +386,20 @@ impl Consumer {
                 state.failures = 0;
                 state.high_watermark = Some(response.high_watermark);
                 let before = out.len();
-                decode_into(&done.tp, &response.records, done.offset, out)?;
+                let decoded = decode_into(&done.tp, &response.records, done.offset, out);
                 let last = out[before..].last().map_or(done.offset, |r| r.offset + 1);
-                state.position = Some(response.next_offset.max(last).max(done.offset));
-                Ok(())
+                match decoded {
+                    Ok(()) => {
+                        state.position = Some(response.next_offset.max(last).max(done.offset));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The records before the bad batch were handed out: move past
+                        // them, so they are not delivered again, and report the error.
+                        state.position = Some(last);
+                        Err(e)
+                    }
+                }
             }
             Err(e) if e.is_retriable() && state.failures < FETCH_RETRIES => {
                 tracing::debug!(topic = %done.tp.topic, partition = done.tp.partition,

@@ -539,3 +539,68 @@ async fn a_broker_embedded_in_a_program() {
     broker.shutdown().await.unwrap();
     assert!(dir.path().join("embedded-0/clean-shutdown").exists());
 }
+
+/// Regression: a deleted topic's log kept working after the delete, so a topic created
+/// again under the same name could see the old log write into its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_and_created_again_starts_empty_and_stays_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = [
+        "--log-retention-check-interval-ms",
+        "50",
+        "--log-flush-offset-checkpoint-interval-ms",
+        "50",
+    ];
+    let mut broker = BrokerProcess::start(dir.path(), &fast);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "again", 1, &[("segment.bytes", "1024")]).await;
+    for i in 0..30 {
+        let value = format!("old-{i}-{}", "o".repeat(40));
+        produce(
+            &mut client,
+            "again",
+            0,
+            batch(&[(None, &value)]),
+            Acks::Leader,
+        )
+        .await;
+    }
+    client
+        .delete_topic(v1::DeleteTopicRequest {
+            name: "again".into(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .produce(v1::ProduceRequest {
+            topic: "again".into(),
+            partition: 0,
+            acks: Acks::All as i32,
+            records: batch(&[(None, "late")]).into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    create_topic(&mut client, "again", 1, &[]).await;
+    produce(&mut client, "again", 0, batch(&[(None, "new")]), Acks::All).await;
+    // Background checkpoints and retention run meanwhile; none may touch the new data.
+    let records = read_all(&mut client, "again", 0, 0).await;
+    assert_eq!(
+        records.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["new"]
+    );
+    assert!(broker.stop());
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-delete"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let broker = broker.restart();
+    let mut client = broker.client().await;
+    let records = read_all(&mut client, "again", 0, 0).await;
+    assert_eq!(
+        records.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["new"]
+    );
+}

@@ -62,6 +62,8 @@ pub struct TopicManager {
     default_partitions: u32,
     clock: Arc<dyn Clock>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Names being created: reserved while their logs open outside the `topics` lock.
+    creating: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Kafka's rules: 1-249 of `[a-zA-Z0-9._-]`, not `.` or `..`; `__` is reserved.
@@ -119,7 +121,9 @@ impl TopicManager {
             default_partitions,
             clock,
             topics: RwLock::new(BTreeMap::new()),
+            creating: std::sync::Mutex::new(Default::default()),
         };
+        manager.sweep_deleted()?;
         let entries = std::fs::read_dir(&meta_dir).map_err(|source| StorageError::Io {
             path: meta_dir.clone(),
             source,
@@ -150,6 +154,24 @@ impl TopicManager {
     }
     fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
         self.topics.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes partition directories that a deletion renamed (`<name>-<p>.<n>-delete`) but
+    /// did not finish removing before a crash.
+    fn sweep_deleted(&self) -> Result<(), TopicError> {
+        let io = |source| StorageError::Io {
+            path: self.data_dir.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&self.data_dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.is_dir() && path.to_string_lossy().ends_with("-delete") {
+                tracing::info!(dir = %path.display(), "removing the data of a deleted topic");
+                std::fs::remove_dir_all(&path)
+                    .map_err(|source| StorageError::Io { path, source })?;
+            }
+        }
+        Ok(())
     }
 
     fn meta_path(&self, name: &str) -> PathBuf {
@@ -245,13 +267,42 @@ impl TopicManager {
         }
         // Check the configs before anything touches the disk.
         TopicConfig::with_overrides(&self.defaults, &overrides)?;
-        let mut topics = self.write_topics();
-        if topics.contains_key(name) {
-            return Err(TopicError::AlreadyExists(name.to_owned()));
+        // Reserve the name, then open the logs without holding the topic map's lock (a
+        // large topic takes a while to create; other requests go on meanwhile).
+        {
+            let topics = self.read_topics();
+            let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            if topics.contains_key(name) || !creating.insert(name.to_owned()) {
+                return Err(TopicError::AlreadyExists(name.to_owned()));
+            }
+        }
+        let created = self.create_reserved(name, partitions, overrides);
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        created
+    }
+
+    fn create_reserved(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, TopicError> {
+        // A directory left under this name belongs to no topic: start empty.
+        for p in 0..partitions {
+            let dir = self.partition_dir(name, p);
+            if dir.exists() {
+                let stale = dir.display();
+                tracing::warn!(dir = %stale, "removing stale data before creating the topic");
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|source| StorageError::Io { path: dir, source })?;
+            }
         }
         let topic = Arc::new(self.open_topic(name, partitions, overrides)?);
         self.write_meta(name, partitions, &topic.overrides)?;
-        topics.insert(name.to_owned(), topic.clone());
+        self.write_topics().insert(name.to_owned(), topic.clone());
         tracing::info!(topic = %name, partitions, "created topic");
         Ok(topic)
     }
@@ -262,13 +313,35 @@ impl TopicManager {
             .write_topics()
             .remove(name)
             .ok_or_else(|| TopicError::UnknownTopic(name.to_owned()))?;
-        let path = self.meta_path(name);
-        std::fs::remove_file(&path).map_err(|source| StorageError::Io { path, source })?;
+        // Retire every log under its lock: requests, the cleaner and background tasks
+        // that still hold a partition can no longer write anything.
         for partition in &topic.partitions {
             partition.mark_deleted();
+        }
+        // Move the data out of the way before answering, so a topic created again under
+        // this name starts in fresh directories; what a crash leaves is swept at startup.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut renamed = Vec::new();
+        for partition in &topic.partitions {
             let dir = self.partition_dir(name, partition.id());
+            let gone = self
+                .data_dir
+                .join(format!("{name}-{}.{stamp}-delete", partition.id()));
+            match std::fs::rename(&dir, &gone) {
+                Ok(()) => renamed.push(gone),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StorageError::Io { path: dir, source }.into()),
+            }
+        }
+        let path = self.meta_path(name);
+        std::fs::remove_file(&path).map_err(|source| StorageError::Io { path, source })?;
+        checkpoint::sync_dir(&self.data_dir)?;
+        for dir in renamed {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition data");
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove deleted data");
             }
         }
         tracing::info!(topic = %name, "deleted topic");

@@ -86,9 +86,13 @@ impl Partition {
     pub fn set_flush_policy(&self, policy: FlushPolicy) {
         *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
     }
+    /// The topic is being deleted: the log is retired under its lock (no later write,
+    /// flush or compaction of it can touch the directory) and waiters are woken.
     pub fn mark_deleted(&self) {
+        let mut log = self.log_mut();
         self.deleted.store(true, Ordering::SeqCst);
-        // Wake long polls so they see the topic is gone.
+        log.retire();
+        drop(log);
         self.high_watermark.send_modify(|_| {});
     }
     pub fn is_deleted(&self) -> bool {
@@ -99,13 +103,23 @@ impl Partition {
     pub fn append(&self, batches: &mut [u8], acks: Acks) -> Result<AppendInfo, StorageError> {
         let info = {
             let mut log = self.log_mut();
+            if self.is_deleted() {
+                return Err(StorageError::LogOffline {
+                    dir: log.dir().to_path_buf(),
+                });
+            }
             let info = log.append(batches, 0)?;
             // Single replica: the ISR is this broker, the high watermark is the log end.
             let end = log.log_end_offset();
             log.update_high_watermark(end);
+            // Published under the lock, and never backwards, so waiters see every advance.
+            self.high_watermark.send_if_modified(|hw| {
+                let advanced = end > *hw;
+                *hw = (*hw).max(end);
+                advanced
+            });
             info
         };
-        self.high_watermark.send_replace(info.last_offset + 1);
         let records = info.last_offset - info.first_offset + 1;
         let unflushed = self.unflushed.fetch_add(records, Ordering::SeqCst) + records;
         let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,15 +154,32 @@ impl Partition {
         Ok(())
     }
 
-    /// Whole batches from `offset` below the high watermark.
+    /// Whole batches from `offset` below the high watermark. Blocking (the log lock).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
         self.log().read(offset, max_bytes, ReadLimit::HighWatermark)
+    }
+
+    /// [`read`](Self::read) from async code: without waiting when the lock is free (the
+    /// common case), else on a blocking thread, so a roll's fsync under the write lock
+    /// never stalls the runtime.
+    pub async fn read_async(
+        self: &Arc<Self>,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StorageError> {
+        if let Ok(log) = self.log.try_read() {
+            return log.read(offset, max_bytes, ReadLimit::HighWatermark);
+        }
+        let partition = self.clone();
+        tokio::task::spawn_blocking(move || partition.read(offset, max_bytes))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// A long poll: reads from `offset`; if fewer than `min_bytes` are there, waits for
     /// appends (woken by them, not by a timer) until `max_wait` has passed.
     pub async fn fetch(
-        &self,
+        self: &Arc<Self>,
         offset: i64,
         max_bytes: usize,
         min_bytes: usize,
@@ -158,14 +189,14 @@ impl Partition {
         let mut changes = self.high_watermark.subscribe();
         loop {
             changes.mark_unchanged();
-            let result = self.read(offset, max_bytes)?;
+            let result = self.read_async(offset, max_bytes).await?;
             let enough = !result.records.is_empty() && result.records.len() >= min_bytes.max(1);
             if enough || self.is_deleted() {
                 return Ok(result);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return self.read(offset, max_bytes),
+                _ => return self.read_async(offset, max_bytes).await,
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::storage::StorageError;
 use super::metrics::Metrics;
 
 /// The largest `max_bytes` of one fetch.
-pub const FETCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
+pub const FETCH_BYTES_MAX: u32 = crate::config::MESSAGE_BYTES_MAX as u32;
 /// The longest long poll.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 
@@ -111,6 +111,16 @@ impl FjordService {
             .partition(topic, partition)
             .map_err(topic_status)
     }
+}
+
+/// Runs `work` (which takes log locks or does I/O) on a blocking thread, never on the
+/// async runtime's workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
 }
 
 /// Resolves when the broker starts shutting down.
@@ -208,21 +218,25 @@ impl Fjord for FjordService {
             .topics
             .get(&request.into_inner().name)
             .map_err(topic_status)?;
-        let partitions = topic
-            .partitions
-            .iter()
-            .map(|p| {
-                let log = p.log();
-                v1::PartitionInfo {
-                    partition: p.id(),
-                    log_start_offset: log.log_start_offset(),
-                    high_watermark: log.high_watermark(),
-                    log_end_offset: log.log_end_offset(),
-                    size_bytes: log.size_bytes(),
-                    segments: log.segments().len() as u32,
-                }
-            })
-            .collect();
+        let described = topic.clone();
+        let partitions = blocking(move || {
+            Ok(described
+                .partitions
+                .iter()
+                .map(|p| {
+                    let log = p.log();
+                    v1::PartitionInfo {
+                        partition: p.id(),
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.high_watermark(),
+                        log_end_offset: log.log_end_offset(),
+                        size_bytes: log.size_bytes(),
+                        segments: log.segments().len() as u32,
+                    }
+                })
+                .collect())
+        })
+        .await?;
         let entry = |(key, value): (String, String)| v1::ConfigEntry { key, value };
         Ok(Response::new(v1::DescribeTopicResponse {
             name: topic.name.clone(),
@@ -238,8 +252,10 @@ impl Fjord for FjordService {
     ) -> Result<Response<v1::AlterTopicConfigResponse>, Status> {
         let r = request.into_inner();
         let set: Vec<(String, String)> = r.set.into_iter().map(|c| (c.key, c.value)).collect();
-        self.topics
-            .alter(&r.name, &set, &r.delete)
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || topics.alter(&r.name, &set, &r.delete))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(topic_status)?;
         Ok(Response::new(v1::AlterTopicConfigResponse {}))
     }
@@ -263,14 +279,13 @@ impl Fjord for FjordService {
         };
         let mut records = r.records.to_vec();
         let bytes = records.len() as u64;
-        let appended = tokio::task::spawn_blocking(move || partition.append(&mut records, acks))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let info = appended.map_err(|e| refuse(storage_status(e)))?;
-        let log_start_offset = self
-            .partition(&r.topic, r.partition)?
-            .log()
-            .log_start_offset();
+        let appended = tokio::task::spawn_blocking(move || {
+            let info = partition.append(&mut records, acks)?;
+            Ok((info, partition.log().log_start_offset()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (info, log_start_offset) = appended.map_err(|e| refuse(storage_status(e)))?;
         self.metrics
             .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
         Ok(Response::new(v1::ProduceResponse {
@@ -292,7 +307,7 @@ impl Fjord for FjordService {
         let mut shutdown = self.shutdown.clone();
         let fetched = tokio::select! {
             fetched = partition.fetch(r.offset, max_bytes, r.min_bytes as usize, wait) => fetched,
-            _ = stopped(&mut shutdown) => partition.read(r.offset, max_bytes),
+            _ = stopped(&mut shutdown) => partition.read_async(r.offset, max_bytes).await,
         };
         let result = fetched.map_err(|e| refuse(storage_status(e)))?;
         self.metrics.fetched(&r.topic, result.records.len() as u64);
@@ -316,7 +331,8 @@ impl Fjord for FjordService {
         let max_bytes = r.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
         // Check the start offset now so a bad one is an error, not an empty stream.
         partition
-            .read(r.offset, 1)
+            .read_async(r.offset, 1)
+            .await
             .map_err(|e| refuse(storage_status(e)))?;
         let metrics = self.metrics.clone();
         let topic = r.topic.clone();
@@ -325,7 +341,11 @@ impl Fjord for FjordService {
         tokio::spawn(async move {
             let mut offset = r.offset;
             loop {
-                let result = match partition.read(offset, max_bytes) {
+                let result = tokio::select! {
+                    result = partition.read_async(offset, max_bytes) => result,
+                    _ = stopped(&mut shutdown) => return,
+                };
+                let result = match result {
                     Ok(result) => result,
                     Err(e) => {
                         let _ = tx.send(Err(storage_status(e))).await;
@@ -334,9 +354,8 @@ impl Fjord for FjordService {
                 };
                 if result.records.is_empty() {
                     if partition.is_deleted() {
-                        let _ = tx
-                            .send(Err(Status::not_found(format!("topic {topic} was deleted"))))
-                            .await;
+                        let gone = Status::not_found(format!("topic {topic} was deleted"));
+                        let _ = tx.send(Err(gone)).await;
                         return;
                     }
                     tokio::select! {
@@ -344,7 +363,7 @@ impl Fjord for FjordService {
                         _ = tx.closed() => return,
                         _ = stopped(&mut shutdown) => {
                             let closing = Status::unavailable("the broker is shutting down");
-                            let _ = tx.send(Err(closing)).await;
+                            let _ = tx.try_send(Err(closing));
                             return;
                         }
                     }
@@ -359,8 +378,11 @@ impl Fjord for FjordService {
                     log_start_offset: result.log_start_offset,
                     next_offset: next,
                 };
-                if tx.send(Ok(response)).await.is_err() {
-                    return;
+                // A client that stops reading must not hold up shutdown (flow control
+                // would block this send forever).
+                tokio::select! {
+                    sent = tx.send(Ok(response)) => if sent.is_err() { return },
+                    _ = stopped(&mut shutdown) => return,
                 }
                 offset = next;
             }
@@ -387,26 +409,33 @@ impl Fjord for FjordService {
                 r.spec
             )))
         })?;
-        let mut offsets = Vec::new();
-        for p in wanted {
-            let partition = self.partition(&r.topic, p)?;
-            let log = partition.log();
-            let (offset, timestamp_ms) = match spec {
-                v1::OffsetSpec::Earliest => (log.log_start_offset(), -1),
-                v1::OffsetSpec::Latest => (log.high_watermark(), -1),
-                v1::OffsetSpec::Timestamp => log
-                    .offset_for_timestamp(r.timestamp_ms)
-                    .map_err(storage_status)?
-                    .unwrap_or((-1, -1)),
-            };
-            offsets.push(v1::PartitionOffset {
-                partition: p,
-                offset,
-                timestamp_ms,
-                log_start_offset: log.log_start_offset(),
-                high_watermark: log.high_watermark(),
-            });
-        }
+        let partitions = wanted
+            .into_iter()
+            .map(|p| self.partition(&r.topic, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let offsets = blocking(move || {
+            let mut offsets = Vec::new();
+            for partition in partitions {
+                let log = partition.log();
+                let (offset, timestamp_ms) = match spec {
+                    v1::OffsetSpec::Earliest => (log.log_start_offset(), -1),
+                    v1::OffsetSpec::Latest => (log.high_watermark(), -1),
+                    v1::OffsetSpec::Timestamp => log
+                        .offset_for_timestamp(r.timestamp_ms)
+                        .map_err(storage_status)?
+                        .unwrap_or((-1, -1)),
+                };
+                offsets.push(v1::PartitionOffset {
+                    partition: partition.id(),
+                    offset,
+                    timestamp_ms,
+                    log_start_offset: log.log_start_offset(),
+                    high_watermark: log.high_watermark(),
+                });
+            }
+            Ok(offsets)
+        })
+        .await?;
         Ok(Response::new(v1::ListOffsetsResponse { offsets }))
     }
 

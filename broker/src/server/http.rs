@@ -28,7 +28,11 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let body = state.metrics.render(&state.topics, &state.cleaner);
+    // Reading every partition's log takes their locks: not on the runtime's workers.
+    let body =
+        tokio::task::spawn_blocking(move || state.metrics.render(&state.topics, &state.cleaner))
+            .await
+            .unwrap_or_else(|e| format!("# metrics unavailable: {e}\n"));
     (
         [(
             header::CONTENT_TYPE,

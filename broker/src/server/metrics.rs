@@ -37,6 +37,8 @@ pub struct Metrics {
     cleaner_bytes_read: Counter,
     cleaner_bytes_written: Counter,
     cleaner_records_removed: Counter,
+    /// One scrape at a time (a render clears and refills the gauge families).
+    render_lock: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
 
     /// The Prometheus text exposition, with gauges read now.
     pub fn render(&self, topics: &TopicManager, cleaner: &CleanerStats) -> String {
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         for family in [
             &self.log_start_offset,
             &self.high_watermark,

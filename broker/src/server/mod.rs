@@ -42,6 +42,9 @@ pub enum BrokerError {
     Server(String),
 }
 
+/// How long a graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
 /// A running broker.
 pub struct BrokerHandle {
     pub grpc_addr: SocketAddr,
@@ -219,11 +222,17 @@ impl BrokerHandle {
     pub async fn shutdown(mut self) -> Result<(), BrokerError> {
         let _ = self.shutdown.send(true);
         let mut result = Ok(());
-        for server in self.servers.drain(..) {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(BrokerError::Server(e.to_string())),
+        for mut server in self.servers.drain(..) {
+            // In-flight requests get a bounded time to finish; a connection that never
+            // drains must not keep the logs from closing cleanly.
+            match tokio::time::timeout(SHUTDOWN_DRAIN_MAX, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => result = Err(e),
+                Ok(Err(e)) => result = Err(BrokerError::Server(e.to_string())),
+                Err(_) => {
+                    tracing::warn!("connections still open after the drain time; closing them");
+                    server.abort();
+                }
             }
         }
         for task in self.background.drain(..) {

@@ -144,7 +144,7 @@ struct Output {
 /// enough. Pure: reads only in-memory state.
 pub fn plan(log: &Log) -> (f64, Option<CleanPlan>) {
     let config = log.config();
-    if !config.cleanup_policy.compact {
+    if !config.cleanup_policy.compact || log.is_offline() {
         return (0.0, None);
     }
     // Only durable, committed segments (below the recovery point and the high watermark)
@@ -386,7 +386,7 @@ pub fn commit(log: &mut Log, built: Built) -> Result<CleanSummary> {
         bytes_written: 0,
         records_removed: built.records_removed,
     };
-    if log.truncations() != built.truncations {
+    if log.truncations() != built.truncations || log.is_offline() {
         // A truncation may have removed the newer values the pass relied on.
         for output in &built.outputs {
             for kind in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {

@@ -402,6 +402,13 @@ impl Log {
     pub fn leader_epochs(&self) -> &[(i32, i64)] {
         self.epochs.entries()
     }
+    /// Takes the log out of service for good (its topic is being deleted): every later
+    /// read, write, flush, checkpoint or compaction of this instance fails, so nothing it
+    /// does can touch a directory that a new topic of the same name may own.
+    pub fn retire(&mut self) {
+        self.offline.store(true, Ordering::SeqCst);
+    }
+
     /// Whether an I/O error took the log offline (see [`StorageError::LogOffline`]).
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::SeqCst)
@@ -931,6 +938,7 @@ impl Log {
     /// Persists the log start offset, recovery point, high watermark and cleaner offset.
     /// The broker calls it periodically; the log calls it when the start offset moves.
     pub fn checkpoint(&self) -> Result<()> {
+        self.check_online()?;
         self.write_meta()
     }
 
