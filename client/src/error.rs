@@ -63,6 +63,10 @@ pub enum ClientError {
     /// The producer's background task is gone (the runtime shut down).
     #[error("the producer is closed")]
     ProducerClosed,
+    /// The producer's buffer (`buffer_memory`) stayed full for `max_block_ms`: the
+    /// broker is not acknowledging as fast as records are sent.
+    #[error("the producer's buffer stayed full for {waited_ms} ms")]
+    BufferFull { waited_ms: u64 },
     /// Any other status.
     #[error("broker error ({code:?}): {message}")]
     Broker { code: Code, message: String },

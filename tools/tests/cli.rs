@@ -1006,6 +1006,38 @@ mod client {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_buffer_makes_sends_wait_then_fail_instead_of_growing() {
+        let mut broker = Broker::start();
+        let admin = Admin::connect(&broker.addr).await.unwrap();
+        admin.create_topic("b", 1, &[]).await.unwrap();
+        let config = ProducerConfig {
+            // Room for two 300-byte records; a third waits 50 ms, then fails.
+            buffer_memory: 800,
+            max_block_ms: 50,
+            retries: 1_000,
+            retry_backoff_ms: 100,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::connect(&broker.addr, config).await.unwrap();
+        let big = || Some(Bytes::from(vec![b'x'; 300]));
+        producer.send("b", None, big(), vec![]).await.unwrap();
+        broker.kill();
+        // The broker is gone: these two stay in the buffer, retried.
+        let first = tokio::spawn(producer.send("b", None, big(), vec![]));
+        let second = tokio::spawn(producer.send("b", None, big(), vec![]));
+        let e = producer.send("b", None, big(), vec![]).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::BufferFull { waited_ms: 50 }),
+            "{e:?}"
+        );
+        // Once the broker is back, the buffered records go through in order.
+        broker.start_again();
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert_eq!((first.offset, second.offset), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retriable_errors_are_retried_across_a_broker_restart() {
         let mut broker = Broker::start();
         let admin = Admin::connect(&broker.addr).await.unwrap();

@@ -12,6 +12,7 @@ pub(crate) mod accumulator;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -55,6 +56,12 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// The wait before each retry.
     pub retry_backoff_ms: u64,
+    /// Kafka's `buffer.memory`: bytes of records queued or in flight at most; more
+    /// sends wait for room.
+    pub buffer_memory: usize,
+    /// Kafka's `max.block.ms`: how long a send waits for room in the buffer before it
+    /// fails with [`ClientError::BufferFull`].
+    pub max_block_ms: u64,
 }
 
 impl Default for ProducerConfig {
@@ -66,6 +73,8 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             retries: 5,
             retry_backoff_ms: 100,
+            buffer_memory: 32 * 1024 * 1024,
+            max_block_ms: 60_000,
         }
     }
 }
@@ -97,7 +106,20 @@ const REQUEST_BYTES: usize = 1024 * 1024;
 /// Commands handled in one go before the dispatcher looks at completions and timers.
 const COMMANDS_PER_TURN: usize = 1024;
 
-type Reply = oneshot::Sender<Result<RecordMetadata>>;
+/// Where a record's outcome goes; holds the record's share of the buffer until then.
+struct Reply {
+    tx: oneshot::Sender<Result<RecordMetadata>>,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Reply {
+    fn send(
+        self,
+        result: Result<RecordMetadata>,
+    ) -> std::result::Result<(), Result<RecordMetadata>> {
+        self.tx.send(result)
+    }
+}
 
 enum Command {
     Send {
@@ -115,6 +137,10 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Producer {
     commands: mpsc::UnboundedSender<Command>,
+    /// `buffer_memory` bytes of permits.
+    room: Arc<tokio::sync::Semaphore>,
+    max_block: Duration,
+    buffer_memory: usize,
 }
 
 impl std::fmt::Debug for Command {
@@ -143,6 +169,11 @@ impl Producer {
     }
 
     fn start(client: GrpcClient, config: ProducerConfig) -> Producer {
+        let buffer_memory = config
+            .buffer_memory
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let room = Arc::new(tokio::sync::Semaphore::new(buffer_memory));
+        let max_block = Duration::from_millis(config.max_block_ms);
         let (commands, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let seed = SystemTime::now()
@@ -164,7 +195,12 @@ impl Producer {
             done_rx,
         };
         tokio::spawn(dispatcher.run(rx));
-        Producer { commands }
+        Producer {
+            commands,
+            room,
+            max_block,
+            buffer_memory,
+        }
     }
 
     /// Sends a record to the partition the partitioner picks. The future resolves once
@@ -211,7 +247,7 @@ impl Producer {
         &self,
         record: ProducerRecord,
     ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let input = RecordInput {
             key: record.key.map(|b| b.to_vec()),
             value: record.value.map(|b| b.to_vec()),
@@ -222,14 +258,52 @@ impl Producer {
                 .collect(),
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
         };
-        // If the dispatcher is gone, `reply` is dropped with the command and `rx` fails.
-        let _ = self.commands.send(Command::Send {
+        let size = input.key.as_ref().map_or(0, Vec::len)
+            + input.value.as_ref().map_or(0, Vec::len)
+            + input
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+            + RECORD_OVERHEAD_BYTES;
+        let want = size.min(self.buffer_memory) as u32;
+        let command = move |room| Command::Send {
             topic: record.topic,
             partition: record.partition,
             record: input,
-            reply,
-        });
-        async move { rx.await.unwrap_or(Err(ClientError::ProducerClosed)) }
+            reply: Reply { tx, _room: room },
+        };
+        // Room now: queued before this returns, so call order is write order. No room:
+        // wait (up to max_block_ms) for acknowledgements to free some.
+        let queued = match self.room.clone().try_acquire_many_owned(want) {
+            Ok(room) => {
+                // If the dispatcher is gone, the reply is dropped and `rx` fails.
+                let _ = self.commands.send(command(room));
+                None
+            }
+            Err(_) => Some((
+                self.room.clone(),
+                self.commands.clone(),
+                self.max_block,
+                command,
+            )),
+        };
+        async move {
+            if let Some((room, commands, max_block, command)) = queued {
+                let room =
+                    match tokio::time::timeout(max_block, room.acquire_many_owned(want)).await {
+                        Ok(Ok(room)) => room,
+                        Ok(Err(_)) => return Err(ClientError::ProducerClosed),
+                        Err(_) => {
+                            return Err(ClientError::BufferFull {
+                                waited_ms: max_block.as_millis() as u64,
+                            });
+                        }
+                    };
+                let _ = commands.send(command(room));
+            }
+            rx.await.unwrap_or(Err(ClientError::ProducerClosed))
+        }
     }
 
     /// Sends every record queued so far without waiting for linger, and waits until all
@@ -247,6 +321,10 @@ impl Producer {
         self.flush().await
     }
 }
+
+/// What a record costs in the buffer beyond its key, value and headers (Kafka's record
+/// framing, roughly).
+const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// What a request task reports when it is done.
 struct Done {
