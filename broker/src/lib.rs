@@ -5,12 +5,15 @@
 //!   retention, compaction). No networking.
 //! - [`partition`]: a replica of one partition: log, group commit, high watermark,
 //!   long-poll wakeups.
+//! - [`group`]: consumer groups (KIP-848 membership and assignment; the coordinator is
+//!   in progress).
 //! - [`cluster`]: metadata: topics, partitions, configs.
 //! - [`server`]: the gRPC and HTTP servers and the broker's life cycle.
 //! - [`config`]: broker settings (flags, `FJORD_*`, TOML) and topic configs.
 
 pub mod cluster;
 pub mod config;
+pub mod group;
 pub mod partition;
 pub mod server;
 pub mod storage;
