@@ -262,6 +262,25 @@ impl TopicManager {
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, TopicError> {
         validate_name(name)?;
+        self.create_unchecked(name, partitions, overrides)
+    }
+
+    /// Creates an internal topic (`__consumer_offsets`): a reserved name is allowed.
+    pub fn create_internal(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, TopicError> {
+        self.create_unchecked(name, partitions, overrides)
+    }
+
+    fn create_unchecked(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, TopicError> {
         if partitions == 0 || partitions > PARTITIONS_MAX {
             return Err(TopicError::InvalidPartitions(partitions));
         }

@@ -3,12 +3,16 @@
 //! - [`assignor`]: the server-side assignors (range, uniform).
 //! - [`state`]: one group's membership, epochs, incremental assignment and committed
 //!   offsets (KIP-848), pure.
+//! - [`records`]: the records of `__consumer_offsets` (Kafka's layout) and the group ->
+//!   partition mapping.
+//! - [`coordinator`]: the groups of this broker; commits appended (acks=all) to
+//!   `__consumer_offsets` and replayed from it on start.
 //!
-//! Later in this layer: the coordinator that owns the groups of its partitions of
-//! `__consumer_offsets`, persists commits and group metadata there, and rebuilds its
-//! state from it after a restart.
+//! Later in this layer: the gRPC API, offset resets on live groups, lag metrics.
 
 pub mod assignor;
+pub mod coordinator;
+pub mod records;
 pub mod state;
 
 pub use assignor::{Assignor, TopicPartition};

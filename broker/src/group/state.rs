@@ -367,9 +367,12 @@ impl Group {
         self.offsets.get(tp)
     }
 
-    /// Restores a committed offset (replaying `__consumer_offsets`).
-    pub fn restore_offset(&mut self, tp: TopicPartition, committed: Committed) {
-        self.offsets.insert(tp, committed);
+    /// Restores a committed offset (replaying `__consumer_offsets`); `None` removes it.
+    pub fn restore_offset(&mut self, tp: TopicPartition, committed: Option<Committed>) {
+        match committed {
+            Some(committed) => self.offsets.insert(tp, committed),
+            None => self.offsets.remove(&tp),
+        };
     }
 }
 
