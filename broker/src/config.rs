@@ -141,6 +141,26 @@ pub struct BrokerConfig {
         default_value_t = 60_000
     )]
     pub log_flush_offset_checkpoint_interval_ms: u64,
+    /// Partitions of the internal `__consumer_offsets` topic (set when it is created).
+    #[arg(long, env = "FJORD_OFFSETS_TOPIC_NUM_PARTITIONS", default_value_t = 16)]
+    pub offsets_topic_num_partitions: u32,
+    /// Consumer-group session timeout: a member silent this long is removed.
+    #[arg(
+        long,
+        env = "FJORD_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
+    pub group_consumer_session_timeout_ms: i64,
+    /// How often consumer-group members are asked to heartbeat.
+    #[arg(
+        long,
+        env = "FJORD_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub group_consumer_heartbeat_interval_ms: i64,
+    /// The server-side assignor of consumer groups: range or uniform.
+    #[arg(long, env = "FJORD_GROUP_CONSUMER_ASSIGNOR", default_value = "range")]
+    pub group_consumer_assignor: String,
     /// How often the flush.ms policy is checked.
     #[arg(
         long,

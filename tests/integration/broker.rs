@@ -604,3 +604,146 @@ async fn a_topic_deleted_and_created_again_starts_empty_and_stays_so() {
         ["new"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_partitions_and_commits_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &["--offsets-topic-num-partitions", "4"]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "orders", 4, &[]).await;
+    for p in 0..4 {
+        produce(
+            &mut client,
+            "orders",
+            p,
+            batch(&[(None, "a"), (None, "b"), (None, "c")]),
+            Acks::Leader,
+        )
+        .await;
+    }
+    let beat =
+        |member_id: &str, epoch: i32, owned: Vec<v1::GroupPartition>| v1::GroupHeartbeatRequest {
+            group_id: "views".into(),
+            member_id: member_id.into(),
+            member_epoch: epoch,
+            subscriptions: vec!["orders".into()],
+            subscriptions_changed: false,
+            owned,
+        };
+    let a = client
+        .group_heartbeat(beat("", 0, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.assignment.len(), 4);
+    let b = client
+        .group_heartbeat(beat("", 0, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.assignment.is_empty(), "a still owns them all");
+    let a = client
+        .group_heartbeat(beat(&a.member_id, a.member_epoch, a.assignment.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.assignment.len(), 2, "a gives two up");
+    let a = client
+        .group_heartbeat(beat(&a.member_id, a.member_epoch, a.assignment.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = client
+        .group_heartbeat(beat(&b.member_id, b.member_epoch, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.assignment.len(), 2);
+    assert!(a.assignment.iter().all(|p| !b.assignment.contains(p)));
+    // Commits: from the owner with its epoch; a stale epoch is fenced.
+    let commit = |member: &v1::GroupHeartbeatResponse, epoch: i32| v1::CommitOffsetsRequest {
+        group_id: "views".into(),
+        member_id: member.member_id.clone(),
+        member_epoch: epoch,
+        offsets: member
+            .assignment
+            .iter()
+            .map(|p| v1::OffsetCommit {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: 2,
+                metadata: "m".into(),
+            })
+            .collect(),
+    };
+    client
+        .commit_offsets(commit(&a, a.member_epoch))
+        .await
+        .unwrap();
+    let err = client
+        .commit_offsets(commit(&b, b.member_epoch - 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.metadata().get("fjord-error").unwrap(),
+        "fenced-member-epoch"
+    );
+    let described = client
+        .describe_group(v1::DescribeGroupRequest {
+            group_id: "views".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.state, "STABLE");
+    assert_eq!(described.members.len(), 2);
+    let lag: i64 = described.partitions.iter().map(|p| p.lag).sum();
+    assert_eq!(
+        lag,
+        2 + 2 * 3,
+        "two partitions committed at 2 of 3, two not at all"
+    );
+    // kill -9: the commits were fsync'd to __consumer_offsets before they were acknowledged.
+    broker.kill();
+    let broker = broker.restart();
+    let mut client = broker.client().await;
+    let fetched = client
+        .fetch_offsets(v1::FetchOffsetsRequest {
+            group_id: "views".into(),
+            partitions: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got: Vec<(String, u32, i64)> = fetched
+        .offsets
+        .iter()
+        .map(|o| (o.topic.clone(), o.partition, o.offset))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, u32, i64)> = a
+        .assignment
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition, 2))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    let groups = client
+        .list_groups(v1::ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert_eq!(groups, ["views"]);
+    let topics = client
+        .list_topics(v1::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert!(
+        topics.iter().all(|t| t.name == "orders"),
+        "internal topics are not listed"
+    );
+}

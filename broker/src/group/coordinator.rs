@@ -240,9 +240,13 @@ impl Coordinator {
         self.lock().keys().cloned().collect()
     }
 
-    /// A snapshot of one group.
+    /// A snapshot of one group (members whose session ran out are removed first).
     pub fn describe(&self, group: &str) -> Option<Group> {
-        self.lock().get(group).cloned()
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        let g = groups.get_mut(group)?;
+        g.expire(now);
+        Some(g.clone())
     }
 
     fn append(&self, group: &str, inputs: &[RecordInput]) -> Result<(), CoordinatorError> {

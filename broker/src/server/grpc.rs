@@ -11,6 +11,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{TopicError, TopicManager};
+use crate::group::coordinator::CoordinatorError;
+use crate::group::{GroupError, GroupState, Heartbeat, TopicPartition};
 use crate::partition::{Acks, Partition};
 use crate::storage::StorageError;
 
@@ -23,6 +25,7 @@ pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 
 pub struct FjordService {
     pub topics: Arc<TopicManager>,
+    pub groups: Arc<crate::group::coordinator::Coordinator>,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the broker shuts down: long polls return and subscriptions end,
     /// so that graceful shutdown does not wait on them.
@@ -98,6 +101,45 @@ fn topic_status(e: TopicError) -> Status {
     };
     tracing::warn!(code = ?status.code(), message = status.message(), "request refused");
     status
+}
+
+fn group_status(e: CoordinatorError) -> Status {
+    let status = match e {
+        CoordinatorError::Group(e) => match e {
+            GroupError::UnknownMember(_) => {
+                with_kind(Status::not_found(e.to_string()), "unknown-member-id")
+            }
+            GroupError::FencedMemberEpoch { .. } => with_kind(
+                Status::failed_precondition(e.to_string()),
+                "fenced-member-epoch",
+            ),
+            GroupError::NotOwner { .. } => {
+                with_kind(Status::failed_precondition(e.to_string()), "not-owner")
+            }
+            GroupError::NotEmpty(_) => with_kind(
+                Status::failed_precondition(e.to_string()),
+                "group-not-empty",
+            ),
+        },
+        CoordinatorError::UnknownGroup(_) => {
+            with_kind(Status::not_found(e.to_string()), "unknown-group")
+        }
+        CoordinatorError::Topic(e) => return topic_status(e),
+        CoordinatorError::Storage(e) => storage_status(e),
+        CoordinatorError::Record(e) => Status::internal(e.to_string()),
+    };
+    refuse(status)
+}
+
+fn to_tp(p: v1::GroupPartition) -> TopicPartition {
+    TopicPartition::new(&p.topic, p.partition)
+}
+
+fn from_tp(tp: &TopicPartition) -> v1::GroupPartition {
+    v1::GroupPartition {
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+    }
 }
 
 fn refuse(status: Status) -> Status {
@@ -202,6 +244,9 @@ impl Fjord for FjordService {
             .topics
             .list()
             .iter()
+            // Internal topics (`__consumer_offsets`) are listed only by name lookups, as
+            // Kafka's admin client hides them by default.
+            .filter(|t| !t.name.starts_with("__"))
             .map(|t| v1::TopicSummary {
                 name: t.name.clone(),
                 partitions: t.partitions.len() as u32,
@@ -463,5 +508,166 @@ impl Fjord for FjordService {
         Ok(Response::new(v1::DeleteRecordsResponse {
             log_start_offset,
         }))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<v1::GroupHeartbeatRequest>,
+    ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let heartbeat = Heartbeat {
+            member_id: r.member_id,
+            member_epoch: r.member_epoch,
+            subscriptions: (r.subscriptions_changed || r.member_epoch == 0)
+                .then(|| r.subscriptions.into_iter().collect()),
+            owned: Some(r.owned.into_iter().map(to_tp).collect()),
+        };
+        let groups = self.groups.clone();
+        let group = r.group_id;
+        let response =
+            blocking(move || groups.heartbeat(&group, heartbeat).map_err(group_status)).await?;
+        Ok(Response::new(v1::GroupHeartbeatResponse {
+            member_id: response.member_id,
+            member_epoch: response.member_epoch,
+            assignment: response.assignment.iter().map(from_tp).collect(),
+            heartbeat_interval_ms: response.heartbeat_interval_ms.max(0) as u32,
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let offsets: Vec<(TopicPartition, i64, String)> = r
+            .offsets
+            .into_iter()
+            .map(|o| {
+                (
+                    TopicPartition::new(&o.topic, o.partition),
+                    o.offset,
+                    o.metadata,
+                )
+            })
+            .collect();
+        let groups = self.groups.clone();
+        blocking(move || {
+            groups
+                .commit(&r.group_id, &r.member_id, r.member_epoch, &offsets)
+                .map_err(group_status)
+        })
+        .await?;
+        Ok(Response::new(v1::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<v1::FetchOffsetsRequest>,
+    ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let wanted: Vec<TopicPartition> = r.partitions.into_iter().map(to_tp).collect();
+        let offsets = self
+            .groups
+            .fetch_offsets(&r.group_id, &wanted)
+            .into_iter()
+            .map(|(tp, c)| v1::OffsetCommit {
+                topic: tp.topic,
+                partition: tp.partition,
+                offset: c.offset,
+                metadata: c.metadata,
+            })
+            .collect();
+        Ok(Response::new(v1::FetchOffsetsResponse { offsets }))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let groups = self.groups.list_groups().into_iter().collect();
+        Ok(Response::new(v1::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let id = request.into_inner().group_id;
+        let group = self
+            .groups
+            .describe(&id)
+            .ok_or_else(|| group_status(CoordinatorError::UnknownGroup(id.clone())))?;
+        let members = group
+            .members()
+            .iter()
+            .map(|(member_id, m)| v1::GroupMember {
+                member_id: member_id.clone(),
+                member_epoch: m.epoch,
+                subscriptions: m.subscriptions.iter().cloned().collect(),
+                assignment: m.assigned.difference(&m.revoking).map(from_tp).collect(),
+            })
+            .collect();
+        // Lag of every partition committed or assigned.
+        let mut tps: std::collections::BTreeSet<TopicPartition> =
+            group.offsets().keys().cloned().collect();
+        tps.extend(
+            group
+                .members()
+                .values()
+                .flat_map(|m| m.assigned.iter().cloned()),
+        );
+        let topics = self.topics.clone();
+        let committed: Vec<(TopicPartition, i64)> = tps
+            .into_iter()
+            .map(|tp| {
+                let offset = group.committed(&tp).map_or(-1, |c| c.offset);
+                (tp, offset)
+            })
+            .collect();
+        let partitions = blocking(move || {
+            Ok(committed
+                .into_iter()
+                .filter_map(|(tp, committed_offset)| {
+                    let partition = topics.partition(&tp.topic, tp.partition).ok()?;
+                    let log = partition.log();
+                    let high_watermark = log.high_watermark();
+                    let from = if committed_offset < 0 {
+                        log.log_start_offset()
+                    } else {
+                        committed_offset
+                    };
+                    Some(v1::GroupPartitionLag {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        committed_offset,
+                        high_watermark,
+                        lag: (high_watermark - from).max(0),
+                    })
+                })
+                .collect())
+        })
+        .await?;
+        let state = match group.state() {
+            GroupState::Empty => "EMPTY",
+            GroupState::Reconciling => "RECONCILING",
+            GroupState::Stable => "STABLE",
+        };
+        Ok(Response::new(v1::DescribeGroupResponse {
+            group_id: id,
+            state: state.into(),
+            group_epoch: group.epoch(),
+            members,
+            partitions,
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        let id = request.into_inner().group_id;
+        let groups = self.groups.clone();
+        blocking(move || groups.delete_group(&id).map_err(group_status)).await?;
+        Ok(Response::new(v1::DeleteGroupResponse {}))
     }
 }

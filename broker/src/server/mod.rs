@@ -113,6 +113,32 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Server(e.to_string()))??;
         let topics = Arc::new(topics);
+        let assignor =
+            crate::group::Assignor::parse(&config.group_consumer_assignor).ok_or_else(|| {
+                ConfigError::InvalidValue {
+                    key: "group.consumer.assignor".into(),
+                    value: config.group_consumer_assignor.clone(),
+                    reason: "expected range or uniform".into(),
+                }
+            })?;
+        let group_config = crate::group::GroupConfig {
+            session_timeout_ms: config.group_consumer_session_timeout_ms,
+            heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+            assignor,
+        };
+        let offsets_partitions = config.offsets_topic_num_partitions;
+        let group_topics = topics.clone();
+        let groups = tokio::task::spawn_blocking(move || {
+            crate::group::coordinator::Coordinator::start(
+                group_topics,
+                offsets_partitions,
+                group_config,
+                Arc::new(SystemClock),
+            )
+        })
+        .await
+        .map_err(|e| BrokerError::Server(e.to_string()))?
+        .map_err(|e| BrokerError::Server(format!("cannot load consumer groups: {e}")))?;
         let grpc_listener = bind(&config.grpc_addr).await?;
         let http_listener = bind(&config.http_addr).await?;
         let grpc_addr = grpc_listener
@@ -141,6 +167,7 @@ impl Broker {
 
         let service = grpc::FjordService {
             topics: topics.clone(),
+            groups: Arc::new(groups),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
         };
