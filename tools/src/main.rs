@@ -2,8 +2,8 @@
 //!
 //! Modules: [`topic`] (create, list, describe, delete, alter), [`produce`] (stdin lines
 //! to records), [`consume`] (records to stdout lines), [`offsets`] (`offsets` and
-//! `delete-records`), [`output`] (buffered stdout, closed-pipe handling, the error type)
-//! and [`rfc3339`] (time arguments).
+//! `delete-records`), [`perf`] (load generators and measurements), [`output`] (buffered
+//! stdout, closed-pipe handling, the error type) and [`rfc3339`] (time arguments).
 //!
 //! Exit status: 0 on success (also when stdout is closed early, as by `| head`); 1 with
 //! one line `fjord: <message>` on stderr on an error; 2 on a usage error (from clap).
@@ -11,6 +11,7 @@
 mod consume;
 mod offsets;
 mod output;
+mod perf;
 mod produce;
 mod rfc3339;
 mod topic;
@@ -53,6 +54,9 @@ enum Command {
     Offsets(offsets::OffsetsArgs),
     /// Delete the records of a partition below an offset.
     DeleteRecords(offsets::DeleteRecordsArgs),
+    /// Measure throughput and latency: produce, consume, end to end, and the disk.
+    #[command(subcommand)]
+    Perf(perf::PerfCommand),
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -63,6 +67,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Consume(args) => consume::run(brokers, args).await,
         Command::Offsets(args) => offsets::offsets(brokers, args).await,
         Command::DeleteRecords(args) => offsets::delete_records(brokers, args).await,
+        Command::Perf(command) => perf::run(brokers, command).await,
     }
 }
 

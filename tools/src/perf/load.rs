@@ -1,0 +1,288 @@
+//! What the load generators share: record payloads, the token bucket that paces them, and
+//! the paced sender that measures each record's acknowledgement latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use fjord_client::{ClientError, Producer, RecordMetadata};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::join_failure;
+use super::stats::Latencies;
+use crate::output::Failure;
+
+/// Bytes of payload a sender keeps unacknowledged at most, as Kafka's `buffer.memory`
+/// (the client's `send` never blocks: without this, an unlimited run would queue every
+/// record at once).
+pub const BUFFER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Random bytes beyond one record's size in the payload pool: each record is a window of
+/// the pool at an offset that moves with its counter.
+const POOL_EXTRA: usize = 64 * 1024;
+
+/// A pseudo-random generator (splitmix64): payloads need to be random-ish, not secure.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// Seeded from the clock and the process id.
+    pub fn from_time() -> SplitMix {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        SplitMix(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `n` random alphanumeric bytes (text-like: compressible, but not trivially).
+    pub fn alphanumeric(&mut self, n: usize) -> Vec<u8> {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            for b in self.next_u64().to_le_bytes() {
+                out.push(CHARS[usize::from(b) % CHARS.len()]);
+            }
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// Record values of a fixed size, cut from a pool generated once.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pool: Bytes,
+    size: usize,
+}
+
+impl Payload {
+    pub fn new(size: usize) -> Payload {
+        Payload {
+            pool: SplitMix::from_time().alphanumeric(size + POOL_EXTRA).into(),
+            size,
+        }
+    }
+
+    /// The value of record `counter`: a window of the pool at an offset chosen by the
+    /// counter, whose first bytes are `prefix` (as many of them as fit).
+    pub fn record(&self, counter: u64, prefix: &[u8]) -> Bytes {
+        // 4099 is prime, so consecutive records start at distant offsets.
+        let offset = (counter.wrapping_mul(4099) % POOL_EXTRA as u64) as usize;
+        let mut value = BytesMut::from(&self.pool[offset..offset + self.size]);
+        let n = prefix.len().min(self.size);
+        value[..n].copy_from_slice(&prefix[..n]);
+        value.freeze()
+    }
+}
+
+/// A token bucket refilled at `rate` tokens a second, checked on a tokio interval.
+pub struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    interval: Interval,
+}
+
+/// How often the bucket is refilled (the interval's period).
+const PACER_TICK: Duration = Duration::from_millis(5);
+
+impl Pacer {
+    /// `rate` must be positive. The bucket holds at most two ticks' worth of tokens (at
+    /// least one): a sender that fell behind does not catch up in one burst.
+    pub fn new(rate: f64) -> Pacer {
+        let mut interval = tokio::time::interval(PACER_TICK);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let burst = (rate * PACER_TICK.as_secs_f64() * 2.0).max(1.0);
+        Pacer {
+            rate,
+            burst,
+            tokens: 1.0,
+            last: Instant::now(),
+            interval,
+        }
+    }
+
+    /// Waits for at least one token and takes the whole tokens there are, up to `max`
+    /// (at least 1).
+    pub async fn take(&mut self, max: u64) -> u64 {
+        loop {
+            let now = Instant::now();
+            let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.burst);
+            self.last = now;
+            let whole = self.tokens.floor().min(max as f64);
+            if whole >= 1.0 {
+                self.tokens -= whole;
+                return whole as u64;
+            }
+            self.interval.tick().await;
+        }
+    }
+}
+
+/// What a [`send_paced`] run got back.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// From `send` to the acknowledgement, for every acknowledged record.
+    pub latencies: Latencies,
+    pub failed: u64,
+    pub first_error: Option<ClientError>,
+}
+
+type Ack = BoxFuture<'static, fjord_client::Result<RecordMetadata>>;
+
+/// Sends `count` keyless records to `topic`, record `i` with value `value(i)`, at most
+/// `rate` a second (`None`: as fast as the producer takes them) and with at most
+/// `in_flight_max` unacknowledged. Each record's latency runs from just before `send`
+/// until its future resolves, observed by a task of its own so that sending never delays
+/// it. Stops sending at the first failure. Flushes the producer at the end.
+pub async fn send_paced<F>(
+    producer: Producer,
+    topic: String,
+    count: u64,
+    rate: Option<f64>,
+    in_flight_max: usize,
+    mut value: F,
+) -> Result<Sent, Failure>
+where
+    F: FnMut(u64) -> Bytes + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight_max.max(1)));
+    let failed = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let capacity = usize::try_from(count).unwrap_or(usize::MAX).min(1 << 24);
+    let collector = tokio::spawn(collect(rx, capacity, Arc::clone(&failed)));
+    let mut pacer = rate.map(Pacer::new);
+    let mut i = 0;
+    'send: while i < count {
+        let allowed = match pacer.as_mut() {
+            Some(pacer) => pacer.take(count - i).await,
+            None => count - i,
+        };
+        for _ in 0..allowed {
+            if failed.load(Ordering::Relaxed) {
+                break 'send;
+            }
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                break 'send; // never closed
+            };
+            let record = value(i);
+            let start = Instant::now();
+            let ack: Ack = Box::pin(producer.send(&topic, None, Some(record), Vec::new()));
+            if tx.send((start, slot, ack)).is_err() {
+                break 'send;
+            }
+            i += 1;
+        }
+    }
+    drop(tx);
+    // Sends the last batch without waiting for linger; each record's own future tells
+    // whether it failed.
+    let _ = producer.flush().await;
+    collector.await.map_err(join_failure)
+}
+
+/// Awaits the acknowledgements handed over by [`send_paced`] as they resolve.
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<(Instant, OwnedSemaphorePermit, Ack)>,
+    capacity: usize,
+    failed: Arc<AtomicBool>,
+) -> Sent {
+    let mut sent = Sent {
+        latencies: Latencies::with_capacity(capacity),
+        ..Sent::default()
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                Some((start, slot, ack)) => pending.push(async move {
+                    let result = ack.await;
+                    let latency = start.elapsed();
+                    drop(slot);
+                    (result, latency)
+                }),
+                None => open = false,
+            },
+            Some((result, latency)) = pending.next(), if !pending.is_empty() => match result {
+                Ok(_) => sent.latencies.push(latency),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    sent.failed += 1;
+                    sent.first_error.get_or_insert(e);
+                }
+            },
+            else => break,
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_differ_and_keep_their_size() {
+        let p = Payload::new(100);
+        let a = p.record(1, &1u64.to_le_bytes());
+        let b = p.record(2, &2u64.to_le_bytes());
+        assert_eq!((a.len(), b.len()), (100, 100));
+        assert_eq!(&a[..8], &1u64.to_le_bytes());
+        assert_ne!(a[8..], b[8..]);
+        // A prefix longer than the record is cut; an empty record is fine.
+        assert_eq!(
+            Payload::new(3).record(7, &[1, 2, 3, 4]),
+            Bytes::from(vec![1, 2, 3])
+        );
+        assert!(Payload::new(0).record(7, &[1]).is_empty());
+    }
+
+    #[test]
+    fn alphanumeric_payload() {
+        let v = SplitMix(1).alphanumeric(1000);
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().all(u8::is_ascii_alphanumeric));
+    }
+
+    #[tokio::test]
+    async fn pacer_never_exceeds_the_rate() {
+        // Real time: only the lower bound is certain on a loaded machine.
+        let start = Instant::now();
+        let mut pacer = Pacer::new(1000.0);
+        let mut taken = 0;
+        while taken < 200 {
+            let n = pacer.take(200 - taken).await;
+            assert!((1..=10).contains(&n), "at most two ticks' worth: {n}");
+            taken += n;
+        }
+        // One token at the start, then 199 at 1000/s.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(199), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn slow_pacer_sends_one_at_a_time() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(20.0);
+        for _ in 0..3 {
+            assert_eq!(pacer.take(10).await, 1);
+        }
+        // The first token is there at once, then one every 50 ms.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+    }
+}
