@@ -4,16 +4,14 @@
 //! sanity of the figures, never the speed. No sleeps as synchronisation: waits poll a
 //! condition against a deadline.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
 
 use serde_json::{Map, Value};
-
-/// The longest any wait in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The keys of every produce and e2e report.
 const RATE_KEYS: [&str; 3] = ["records", "records_per_sec", "mb_per_sec"];
@@ -24,126 +22,6 @@ const LATENCY_KEYS: [&str; 5] = [
     "latency_ms_p999",
     "latency_ms_max",
 ];
-
-/// A broker process, killed and reaped on drop (the broker start of tests/cli.rs).
-struct Broker {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-fn broker_exe() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/perf-<hash> -> target/<profile>/fjord-broker
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
-    let exe = profile_dir.join(format!("fjord-broker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: run `cargo build -p fjord-broker` (or `cargo test --workspace`) first",
-        exe.display()
-    );
-    exe
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(broker_exe())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .env("FJORD_LOG", "info")
-            .env_remove("FJORD_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fjord-broker");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        // Reads the listening line, then keeps draining stderr so the broker never blocks
-        // on a full pipe.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent
-                    && line.contains("listening")
-                    && let Some(addr) = field(&line, "grpc_addr=")
-                {
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("fjord-broker printed no listening line");
-            }
-        };
-        Broker {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-fn field(line: &str, name: &str) -> Option<String> {
-    let at = line.find(name)? + name.len();
-    Some(line[at..].split_whitespace().next()?.to_string())
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fjord_command(addr: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fjord"));
-    command
-        .args(args)
-        .env("FJORD_BROKERS", addr)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-fn fjord(broker: &Broker, args: &[&str]) -> Output {
-    fjord_command(&broker.addr, args)
-        .output()
-        .expect("run fjord")
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "fjord failed: {:?}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 stdout")
-}
-
-/// Asserts exit status 1 with exactly one line `fjord: ...` on stderr; returns that line.
-fn fails(output: Output) -> String {
-    let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
-    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr: {stderr:?}");
-    assert!(lines[0].starts_with("fjord: "), "{stderr:?}");
-    lines[0].to_string()
-}
 
 /// Parses stdout as exactly one JSON object on one line.
 fn json(stdout: &str) -> Map<String, Value> {
@@ -372,6 +250,9 @@ fn consume_from_the_end_waits_for_new_records() {
         "--json",
     ];
     let mut consumer = fjord_command(&broker.addr, &consume)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start fjord");
     // The consumer starts at the end: the 100 records before are not counted. Produce
