@@ -197,7 +197,7 @@ pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
 }
 
 /// Drops the partitions whose position reached their end offset.
-fn unassign_finished(consumer: &mut Consumer, ends: &BTreeMap<TopicPartition, i64>) {
+pub(crate) fn unassign_finished(consumer: &mut Consumer, ends: &BTreeMap<TopicPartition, i64>) {
     for tp in consumer.assignment() {
         let end = ends.get(&tp).copied().unwrap_or(i64::MIN);
         if consumer

@@ -26,14 +26,28 @@ pub struct ProduceArgs {
     acks: AcksArg,
 }
 
+/// `--acks`, for `produce` and `perf`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum AcksArg {
+pub(crate) enum AcksArg {
+    /// Durable (fsync'd) before the acknowledgement.
     #[value(name = "all", alias = "-1")]
     All,
+    /// Appended by the leader.
     #[value(name = "1")]
     Leader,
+    /// Not waited for.
     #[value(name = "0")]
     None,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(a: AcksArg) -> Acks {
+        match a {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
 }
 
 /// Lines handed from the reading thread to the producer at a time.
@@ -127,11 +141,7 @@ pub async fn run(brokers: &str, args: ProduceArgs) -> Result<(), Failure> {
         .into());
     }
     let config = ProducerConfig {
-        acks: match args.acks {
-            AcksArg::All => Acks::All,
-            AcksArg::Leader => Acks::Leader,
-            AcksArg::None => Acks::None,
-        },
+        acks: args.acks.into(),
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(brokers, config).await?;

@@ -4,21 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: u32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: &str, partition: u32) -> Self {
-        TopicPartition {
-            topic: topic.to_owned(),
-            partition,
-        }
-    }
-}
+pub use fjord_protocol::TopicPartition;
 
 /// Which assignor a group uses (`group.remote.assignor` in KIP-848 terms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -322,7 +322,12 @@ impl Fjord for FjordService {
                 ))));
             }
         };
-        let mut records = r.records.to_vec();
+        // Offsets are patched in place: take the request's buffer as it is when nothing
+        // else shares it, copy it only when something does.
+        let mut records = r
+            .records
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
         let bytes = records.len() as u64;
         let appended = tokio::task::spawn_blocking(move || {
             let info = partition.append(&mut records, acks)?;

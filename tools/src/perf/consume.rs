@@ -1,6 +1,5 @@
 //! `fjord perf consume`: read throughput of the consumer (kafka-consumer-perf-test).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
@@ -84,7 +83,7 @@ pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
         };
         while rate.records < target {
             if let Some(ends) = &ends {
-                unassign_finished(&mut consumer, ends);
+                crate::consume::unassign_finished(&mut consumer, ends);
                 if consumer.assignment().is_empty() {
                     break; // records were deleted meanwhile
                 }
@@ -130,17 +129,4 @@ pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
     let mut out = Out::new();
     out.line(&line)?;
     out.flush()
-}
-
-/// Drops the partitions whose position reached their end offset.
-fn unassign_finished(consumer: &mut Consumer, ends: &BTreeMap<TopicPartition, i64>) {
-    for tp in consumer.assignment() {
-        let end = ends.get(&tp).copied().unwrap_or(i64::MIN);
-        if consumer
-            .position(&tp.topic, tp.partition)
-            .is_some_and(|p| p >= end)
-        {
-            consumer.unassign(&tp.topic, tp.partition);
-        }
-    }
 }

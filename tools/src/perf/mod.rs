@@ -20,7 +20,7 @@ mod produce;
 mod stats;
 
 use clap::{Subcommand, ValueEnum};
-use fjord_client::{Acks, Admin, ClientError, Compression};
+use fjord_client::{Admin, ClientError, Compression};
 
 use crate::output::Failure;
 
@@ -47,25 +47,7 @@ pub async fn run(brokers: &str, command: PerfCommand) -> Result<(), Failure> {
     }
 }
 
-/// `--acks`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AcksArg {
-    /// Durable (fsync'd) before the acknowledgement.
-    #[value(name = "all", alias = "-1")]
-    All,
-    /// Appended by the leader.
-    #[value(name = "1")]
-    Leader,
-}
-
-impl From<AcksArg> for Acks {
-    fn from(a: AcksArg) -> Acks {
-        match a {
-            AcksArg::All => Acks::All,
-            AcksArg::Leader => Acks::Leader,
-        }
-    }
-}
+use crate::produce::AcksArg;
 
 /// `--compression`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
