@@ -1,6 +1,10 @@
 //! [`Admin`]: topics, configs, offsets and record deletion.
 
+use std::collections::BTreeMap;
+
 use fjord_protocol::v1;
+
+use crate::TopicPartition;
 
 use crate::connection::{GrpcClient, connect};
 use crate::error::{ClientError, Result};
@@ -56,6 +60,49 @@ pub struct PartitionOffset {
     pub timestamp_ms: Option<i64>,
     pub log_start_offset: i64,
     pub high_watermark: i64,
+}
+
+/// A consumer group member as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberInfo {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub subscriptions: Vec<String>,
+    /// What it owns now (less what it is giving up).
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// A group's position in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    /// `None` when nothing is committed.
+    pub committed_offset: Option<i64>,
+    pub high_watermark: i64,
+    /// Records from the committed offset (else the log start) to the high watermark.
+    pub lag: i64,
+    /// The newest record's timestamp less the one at the committed position.
+    pub lag_ms: i64,
+}
+
+/// A consumer group as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    /// `EMPTY`, `RECONCILING` or `STABLE`.
+    pub state: String,
+    pub group_epoch: i32,
+    pub members: Vec<GroupMemberInfo>,
+    /// Every partition committed or assigned, sorted.
+    pub partitions: Vec<GroupPartitionLag>,
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: String,
 }
 
 /// Administrative calls. Cheap to clone (clones share the connection).
@@ -277,5 +324,141 @@ impl Admin {
             .map_err(status(Some(before_offset)))?
             .into_inner();
         Ok(response.log_start_offset)
+    }
+
+    /// The consumer groups with members or committed offsets.
+    pub async fn list_groups(&self) -> Result<Vec<String>> {
+        let response = self
+            .client
+            .clone()
+            .list_groups(v1::ListGroupsRequest {})
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        Ok(response.groups)
+    }
+
+    /// A group's state, members and, per partition, committed offset and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let r = self
+            .client
+            .clone()
+            .describe_group(v1::DescribeGroupRequest {
+                group_id: group.to_string(),
+            })
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        Ok(GroupDescription {
+            group_id: r.group_id,
+            state: r.state,
+            group_epoch: r.group_epoch,
+            members: r
+                .members
+                .into_iter()
+                .map(|m| GroupMemberInfo {
+                    member_id: m.member_id,
+                    member_epoch: m.member_epoch,
+                    subscriptions: m.subscriptions,
+                    assignment: m
+                        .assignment
+                        .into_iter()
+                        .map(|p| TopicPartition::new(&p.topic, p.partition))
+                        .collect(),
+                })
+                .collect(),
+            partitions: r
+                .partitions
+                .into_iter()
+                .map(|p| GroupPartitionLag {
+                    topic: p.topic,
+                    partition: p.partition,
+                    committed_offset: (p.committed_offset >= 0).then_some(p.committed_offset),
+                    high_watermark: p.high_watermark,
+                    lag: p.lag,
+                    lag_ms: p.lag_ms,
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes a group without members, and its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete_group(v1::DeleteGroupRequest {
+                group_id: group.to_string(),
+            })
+            .await
+            .map_err(status(None))?;
+        Ok(())
+    }
+
+    /// A group's committed offsets for `partitions` (empty: every committed partition).
+    pub async fn group_offsets(
+        &self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>> {
+        let request = v1::FetchOffsetsRequest {
+            group_id: group.to_string(),
+            partitions: partitions
+                .iter()
+                .map(|tp| v1::GroupPartition {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                })
+                .collect(),
+        };
+        let response = self
+            .client
+            .clone()
+            .fetch_offsets(request)
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        Ok(response
+            .offsets
+            .into_iter()
+            .map(|o| {
+                (
+                    TopicPartition::new(&o.topic, o.partition),
+                    CommittedOffset {
+                        offset: o.offset,
+                        metadata: o.metadata,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Sets a group's committed offsets. On a live group the members holding these
+    /// partitions give them up first and are handed them back after, resuming from the
+    /// new offsets. Returns whether members gave partitions up.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<bool> {
+        let request = v1::ResetOffsetsRequest {
+            group_id: group.to_string(),
+            offsets: offsets
+                .iter()
+                .map(|(tp, offset)| v1::OffsetCommit {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        let response = self
+            .client
+            .clone()
+            .reset_offsets(request)
+            .await
+            .map_err(status(None))?
+            .into_inner();
+        Ok(response.revoked)
     }
 }

@@ -67,6 +67,23 @@ pub enum ClientError {
     /// broker is not acknowledging as fast as records are sent.
     #[error("the producer's buffer stayed full for {waited_ms} ms")]
     BufferFull { waited_ms: u64 },
+    /// `NOT_FOUND` about a consumer group.
+    #[error("{0}")]
+    UnknownGroup(String),
+    /// The group no longer knows this member (it left, or its session timed out): it
+    /// must join again. Its partitions may have moved.
+    #[error("{0}")]
+    UnknownMember(String),
+    /// A group call with an old member epoch, or a commit for a partition the member no
+    /// longer owns: refused.
+    #[error("{0}")]
+    FencedMember(String),
+    /// The group still has members (delete, or a commit without a member).
+    #[error("{0}")]
+    GroupNotEmpty(String),
+    /// A live offset reset whose partitions the members did not give up in time.
+    #[error("{0}")]
+    RebalanceTimeout(String),
     /// Any other status.
     #[error("broker error ({code:?}): {message}")]
     Broker { code: Code, message: String },
@@ -93,13 +110,21 @@ impl ClientError {
             .unwrap_or("")
             .to_owned();
         match status.code() {
-            Code::NotFound => {
-                if kind == "unknown-partition" {
-                    ClientError::UnknownPartition(message)
-                } else {
-                    ClientError::UnknownTopic(message)
-                }
-            }
+            Code::NotFound => match kind.as_str() {
+                "unknown-partition" => ClientError::UnknownPartition(message),
+                "unknown-group" => ClientError::UnknownGroup(message),
+                "unknown-member-id" => ClientError::UnknownMember(message),
+                _ => ClientError::UnknownTopic(message),
+            },
+            Code::FailedPrecondition | Code::Aborted => match kind.as_str() {
+                "fenced-member-epoch" | "not-owner" => ClientError::FencedMember(message),
+                "group-not-empty" => ClientError::GroupNotEmpty(message),
+                "rebalance-timeout" => ClientError::RebalanceTimeout(message),
+                _ => ClientError::Broker {
+                    code: status.code(),
+                    message,
+                },
+            },
             Code::AlreadyExists => ClientError::TopicAlreadyExists(message),
             Code::InvalidArgument => {
                 if kind == "record-too-large" {
@@ -170,6 +195,38 @@ mod tests {
         assert_eq!(e, ClientError::UnknownPartition(msg.into()));
         assert_eq!(e.to_string(), msg);
         assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn group_errors_are_told_apart_by_kind() {
+        let with = |status: Status, kind: &str| {
+            let mut status = status;
+            status
+                .metadata_mut()
+                .insert(ERROR_KIND_KEY, kind.parse().unwrap());
+            ClientError::from_status(status, None)
+        };
+        let fenced = with(
+            Status::failed_precondition("m is fenced"),
+            "fenced-member-epoch",
+        );
+        assert_eq!(fenced, ClientError::FencedMember("m is fenced".into()));
+        let not_owner = with(
+            Status::failed_precondition("m does not own t-0"),
+            "not-owner",
+        );
+        assert!(matches!(not_owner, ClientError::FencedMember(_)));
+        let gone = with(Status::not_found("unknown member m"), "unknown-member-id");
+        assert!(matches!(gone, ClientError::UnknownMember(_)));
+        let group = with(Status::not_found("unknown group g"), "unknown-group");
+        assert!(matches!(group, ClientError::UnknownGroup(_)));
+        let busy = with(
+            Status::failed_precondition("g has members"),
+            "group-not-empty",
+        );
+        assert!(matches!(busy, ClientError::GroupNotEmpty(_)));
+        let slow = with(Status::aborted("did not give up"), "rebalance-timeout");
+        assert!(matches!(slow, ClientError::RebalanceTimeout(_)));
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub mod partitioner;
 pub mod producer;
 
 pub use admin::{
-    Admin, OffsetSpec, PartitionInfo, PartitionOffset, TopicDescription, TopicSummary,
+    Admin, CommittedOffset, GroupDescription, GroupMemberInfo, GroupPartitionLag, OffsetSpec,
+    PartitionInfo, PartitionOffset, TopicDescription, TopicSummary,
 };
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
 pub use error::{ClientError, Result};

@@ -7,7 +7,8 @@
 //! blocking tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -18,7 +19,8 @@ use super::records::{self, OffsetsRecord, RecordError};
 use super::state::{Committed, Group, GroupConfig, GroupError, Heartbeat, HeartbeatResponse};
 use crate::cluster::{TopicError, TopicManager};
 use crate::partition::Acks;
-use crate::storage::{Clock, StorageError};
+use crate::storage::{Clock, ReadLimit, StorageError};
+use fjord_protocol::BatchHeader;
 
 /// The internal topic of committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -35,6 +37,30 @@ pub enum CoordinatorError {
     Record(#[from] RecordError),
     #[error("unknown group {0}")]
     UnknownGroup(String),
+    #[error("offset {offset} for {topic}-{partition} is negative")]
+    InvalidOffset {
+        topic: String,
+        partition: u32,
+        offset: i64,
+    },
+    #[error(
+        "the members of group {group} did not give up the partitions to reset within \
+         {waited_ms} ms; nothing was changed"
+    )]
+    RebalanceTimeout { group: String, waited_ms: u64 },
+}
+
+/// How far a group's committed position is behind one partition's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub tp: TopicPartition,
+    /// -1 when nothing is committed (lag is then counted from the log start).
+    pub committed_offset: i64,
+    pub high_watermark: i64,
+    pub lag_records: i64,
+    /// The newest record's timestamp less the timestamp of the batch holding the next
+    /// record to consume; 0 without lag.
+    pub lag_ms: i64,
 }
 
 /// See the module docs.
@@ -45,6 +71,9 @@ pub struct Coordinator {
     defaults: GroupConfig,
     clock: Arc<dyn Clock>,
     groups: Mutex<BTreeMap<String, Group>>,
+    /// Notified after every heartbeat (a live reset waits on it for partitions to be
+    /// given up).
+    heartbeats: Condvar,
 }
 
 impl Coordinator {
@@ -74,6 +103,7 @@ impl Coordinator {
             defaults,
             clock,
             groups: Mutex::new(BTreeMap::new()),
+            heartbeats: Condvar::new(),
         };
         coordinator.load()?;
         Ok(coordinator)
@@ -81,6 +111,13 @@ impl Coordinator {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Group>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group `id`, created (empty) if missing.
+    fn entry<'a>(&self, groups: &'a mut BTreeMap<String, Group>, id: &str) -> &'a mut Group {
+        groups
+            .entry(id.to_owned())
+            .or_insert_with(|| Group::new(id, self.defaults))
     }
 
     /// Replays every partition of `__consumer_offsets` into the groups.
@@ -142,11 +179,12 @@ impl Coordinator {
         let counts = self.partition_counts();
         let now = self.clock.now_ms();
         let mut groups = self.lock();
-        let g = groups
-            .entry(group.to_owned())
-            .or_insert_with(|| Group::new(group, self.defaults));
+        let g = self.entry(&mut groups, group);
         g.expire(now);
-        Ok(g.heartbeat(request, &counts, now)?)
+        let response = g.heartbeat(request, &counts, now);
+        drop(groups);
+        self.heartbeats.notify_all();
+        Ok(response?)
     }
 
     /// Commits offsets for a member (or, with an empty `member_id`, for an empty group).
@@ -160,9 +198,7 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let now = self.clock.now_ms();
         let mut groups = self.lock();
-        let g = groups
-            .entry(group.to_owned())
-            .or_insert_with(|| Group::new(group, self.defaults));
+        let g = self.entry(&mut groups, group);
         // Check every commit on a copy first: all or nothing.
         let mut checked = g.clone();
         let mut inputs = Vec::new();
@@ -182,6 +218,91 @@ impl Coordinator {
         self.append(group, &inputs)?;
         *g = checked;
         Ok(())
+    }
+
+    /// Sets the committed offsets of `offsets`' partitions, whatever the group's state.
+    /// On a live group, the members holding any of them are first asked to give them up
+    /// (they commit and release them at their next heartbeat); the offsets are set once
+    /// nobody holds them, and then the partitions are handed out again, so the members
+    /// resume from the new offsets. Returns whether members had to give partitions up.
+    /// Waits at most the group's session timeout plus two heartbeat intervals.
+    pub fn reset_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<bool, CoordinatorError> {
+        for (tp, offset) in offsets {
+            self.topics.partition(&tp.topic, tp.partition)?;
+            if *offset < 0 {
+                return Err(CoordinatorError::InvalidOffset {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                });
+            }
+        }
+        let tps: BTreeSet<TopicPartition> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
+        let mut groups = self.lock();
+        let g = self.entry(&mut groups, group);
+        g.expire(self.clock.now_ms());
+        let live = g.holds_any(&tps);
+        if live {
+            let config = g.config();
+            let wait = Duration::from_millis(
+                (config.session_timeout_ms + 2 * config.heartbeat_interval_ms).max(0) as u64,
+            );
+            let slice = Duration::from_millis(config.heartbeat_interval_ms.max(10) as u64);
+            g.pause(&tps);
+            let deadline = Instant::now() + wait;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    if let Some(g) = groups.get_mut(group) {
+                        g.resume(&tps);
+                    }
+                    return Err(CoordinatorError::RebalanceTimeout {
+                        group: group.to_owned(),
+                        waited_ms: wait.as_millis() as u64,
+                    });
+                }
+                let timeout = slice.min(deadline - now);
+                groups = self
+                    .heartbeats
+                    .wait_timeout(groups, timeout)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                let now_ms = self.clock.now_ms();
+                let g = self.entry(&mut groups, group);
+                g.expire(now_ms);
+                if !g.holds_any(&tps) {
+                    break;
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        let mut inputs = Vec::new();
+        let mut set = Vec::new();
+        for (tp, offset) in offsets {
+            let committed = Committed {
+                offset: *offset,
+                metadata: String::new(),
+                commit_timestamp_ms: now,
+            };
+            let (key, value) = records::offset_commit(group, tp, &committed)?;
+            inputs.push(RecordInput::new(Some(key), Some(value), now));
+            set.push((tp.clone(), committed));
+        }
+        let appended = self.append(group, &inputs);
+        let g = self.entry(&mut groups, group);
+        if appended.is_ok() {
+            for (tp, committed) in set {
+                g.restore_offset(tp, Some(committed));
+            }
+        }
+        if live {
+            g.resume(&tps);
+        }
+        appended.map(|()| live)
     }
 
     /// The committed offset of each partition asked for (or of all, if none).
@@ -247,6 +368,68 @@ impl Coordinator {
         let g = groups.get_mut(group)?;
         g.expire(now);
         Some(g.clone())
+    }
+
+    /// The lag of every partition `group` has committed or assigned (partitions of
+    /// deleted topics are left out). Reads batch headers: call from blocking tasks.
+    pub fn lag(&self, group: &Group) -> Vec<PartitionLag> {
+        let mut tps: BTreeSet<TopicPartition> = group.offsets().keys().cloned().collect();
+        tps.extend(
+            group
+                .members()
+                .values()
+                .flat_map(|m| m.assigned.iter().cloned()),
+        );
+        tps.into_iter()
+            .filter_map(|tp| {
+                let committed_offset = group.committed(&tp).map_or(-1, |c| c.offset);
+                let partition = self.topics.partition(&tp.topic, tp.partition).ok()?;
+                let log = partition.log();
+                let high_watermark = log.high_watermark();
+                let from = if committed_offset < 0 {
+                    log.log_start_offset()
+                } else {
+                    committed_offset.max(log.log_start_offset())
+                };
+                let lag_records = (high_watermark - from).max(0);
+                let batch_time = |offset: i64, newest: bool| -> Option<i64> {
+                    let read = log.read(offset, 1, ReadLimit::HighWatermark).ok()?;
+                    let header = BatchHeader::parse(&read.records).ok()?;
+                    Some(if newest {
+                        header.max_timestamp()
+                    } else {
+                        header.base_timestamp()
+                    })
+                };
+                let lag_ms = if lag_records == 0 {
+                    0
+                } else {
+                    match (
+                        batch_time(high_watermark - 1, true),
+                        batch_time(from, false),
+                    ) {
+                        (Some(newest), Some(next)) => (newest - next).max(0),
+                        _ => 0,
+                    }
+                };
+                Some(PartitionLag {
+                    tp,
+                    committed_offset,
+                    high_watermark,
+                    lag_records,
+                    lag_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Every group with its lag (for `/metrics`).
+    pub fn all_lag(&self) -> Vec<(String, Vec<PartitionLag>)> {
+        let groups: Vec<Group> = self.lock().values().cloned().collect();
+        groups
+            .iter()
+            .map(|g| (g.id().to_owned(), self.lag(g)))
+            .collect()
     }
 
     fn append(&self, group: &str, inputs: &[RecordInput]) -> Result<(), CoordinatorError> {
@@ -365,5 +548,113 @@ mod tests {
         // Once every member has timed out, it can.
         clock.advance_ms(GroupConfig::default().session_timeout_ms + 1);
         c.delete_group("live").unwrap();
+    }
+
+    fn join_orders(c: &Coordinator, group: &str) -> HeartbeatResponse {
+        let join = Heartbeat {
+            member_epoch: 0,
+            subscriptions: Some(BTreeSet::from(["orders".to_string()])),
+            owned: Some(BTreeSet::new()),
+            ..Heartbeat::default()
+        };
+        c.heartbeat(group, join).unwrap()
+    }
+
+    fn beat(c: &Coordinator, group: &str, last: &HeartbeatResponse) -> HeartbeatResponse {
+        let request = Heartbeat {
+            member_id: last.member_id.clone(),
+            member_epoch: last.member_epoch,
+            subscriptions: None,
+            owned: Some(last.assignment.clone()),
+        };
+        c.heartbeat(group, request).unwrap()
+    }
+
+    #[test]
+    fn a_reset_on_a_live_group_takes_the_partition_back_sets_it_and_hands_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let (_topics, c) = open(dir.path(), &clock);
+        let c = Arc::new(c);
+        let mut member = join_orders(&c, "live");
+        assert_eq!(member.assignment.len(), 4);
+        let p0 = TopicPartition::new("orders", 0);
+        c.commit(
+            "live",
+            &member.member_id,
+            member.member_epoch,
+            &[(p0.clone(), 3, "".into())],
+        )
+        .unwrap();
+        let reset = {
+            let c = c.clone();
+            let p0 = p0.clone();
+            std::thread::spawn(move || c.reset_offsets("live", &[(p0, 9)]))
+        };
+        // The member heartbeats on: it is told to give p0 up, confirms, and gets it back
+        // once the offset is set.
+        let mut gave_up = false;
+        while !reset.is_finished() {
+            member = beat(&c, "live", &member);
+            if !member.assignment.contains(&p0) {
+                gave_up = true;
+                assert_eq!(
+                    c.fetch_offsets("live", std::slice::from_ref(&p0))[&p0].offset,
+                    3
+                );
+            }
+            std::thread::yield_now();
+        }
+        assert!(
+            reset.join().unwrap().unwrap(),
+            "members had to give partitions up"
+        );
+        assert!(gave_up);
+        assert_eq!(
+            c.fetch_offsets("live", std::slice::from_ref(&p0))[&p0].offset,
+            9
+        );
+        member = beat(&c, "live", &member);
+        member = beat(&c, "live", &member);
+        assert!(member.assignment.contains(&p0), "handed back: {member:?}");
+        // An idle group (or a partition nobody holds) is set at once.
+        assert!(!c.reset_offsets("idle", &[(p0.clone(), 1)]).unwrap());
+        assert_eq!(c.fetch_offsets("idle", &[])[&p0].offset, 1);
+        assert!(matches!(
+            c.reset_offsets("idle", &[(TopicPartition::new("orders", 9), 1)]),
+            Err(CoordinatorError::Topic(_))
+        ));
+        assert!(matches!(
+            c.reset_offsets("idle", &[(p0.clone(), -1)]),
+            Err(CoordinatorError::InvalidOffset { .. })
+        ));
+    }
+
+    #[test]
+    fn a_reset_that_members_do_not_answer_times_out_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let topics = Arc::new(
+            TopicManager::open(dir.path(), TopicConfig::default(), 1, shared.clone()).unwrap(),
+        );
+        topics.create("orders", 2, BTreeMap::new()).unwrap();
+        let config = GroupConfig {
+            session_timeout_ms: 100,
+            heartbeat_interval_ms: 20,
+            ..GroupConfig::default()
+        };
+        let c = Coordinator::start(topics, 2, config, shared).unwrap();
+        let member = join_orders(&c, "stuck");
+        let p0 = TopicPartition::new("orders", 0);
+        let e = c.reset_offsets("stuck", &[(p0.clone(), 5)]).unwrap_err();
+        assert!(
+            matches!(e, CoordinatorError::RebalanceTimeout { .. }),
+            "{e}"
+        );
+        assert!(c.fetch_offsets("stuck", &[]).is_empty());
+        // The partition is not withheld any more.
+        let member = beat(&c, "stuck", &member);
+        assert!(member.assignment.contains(&p0));
     }
 }

@@ -112,6 +112,9 @@ pub struct Group {
     target_partitions: BTreeMap<String, u32>,
     members: BTreeMap<String, Member>,
     offsets: BTreeMap<TopicPartition, Committed>,
+    /// Partitions withheld from every member while their offsets are reset on a live
+    /// group ([`Group::pause`]).
+    paused: BTreeSet<TopicPartition>,
     joins: u64,
 }
 
@@ -126,6 +129,7 @@ impl Group {
             target_partitions: BTreeMap::new(),
             members: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            paused: BTreeSet::new(),
             joins: 0,
         }
     }
@@ -258,6 +262,9 @@ impl Group {
             .map(|(id, m)| (id.clone(), m.subscriptions.clone()))
             .collect();
         self.target = assign(self.config.assignor, &subscriptions, partitions);
+        for assigned in self.target.values_mut() {
+            assigned.retain(|tp| !self.paused.contains(tp));
+        }
         self.target_partitions = partitions.clone();
         self.target_epoch = self.epoch;
     }
@@ -363,6 +370,26 @@ impl Group {
         Ok(())
     }
 
+    /// Withholds `partitions` from every member: their owners are asked to give them up
+    /// and nobody is handed them until [`Group::resume`]. (A live offset reset.)
+    pub fn pause(&mut self, partitions: &BTreeSet<TopicPartition>) {
+        self.paused.extend(partitions.iter().cloned());
+        self.epoch += 1;
+    }
+
+    /// Hands paused partitions out again.
+    pub fn resume(&mut self, partitions: &BTreeSet<TopicPartition>) {
+        self.paused.retain(|tp| !partitions.contains(tp));
+        self.epoch += 1;
+    }
+
+    /// Whether any member still holds one of `partitions`.
+    pub fn holds_any(&self, partitions: &BTreeSet<TopicPartition>) -> bool {
+        self.members
+            .values()
+            .any(|m| m.assigned.iter().any(|tp| partitions.contains(tp)))
+    }
+
     pub fn committed(&self, tp: &TopicPartition) -> Option<&Committed> {
         self.offsets.get(tp)
     }
@@ -435,6 +462,36 @@ mod tests {
         assert_eq!(g.state(), GroupState::Stable);
         assert_eq!(a.member_epoch, g.epoch());
         assert_eq!(b.member_epoch, g.epoch());
+    }
+
+    #[test]
+    fn paused_partitions_are_taken_back_and_handed_out_only_after_resume() {
+        let parts = topics(&[("t", 4)]);
+        let mut g = Group::new("g", GroupConfig::default());
+        let a = join(&mut g, &parts, 0);
+        assert_eq!(a.assignment.len(), 4);
+        let t0 = BTreeSet::from([TopicPartition::new("t", 0)]);
+        g.pause(&t0);
+        assert!(g.holds_any(&t0), "held until a gives it up");
+        let a = beat(&mut g, &a, &parts, 1);
+        assert_eq!(a.assignment.len(), 3);
+        assert!(!a.assignment.contains(&TopicPartition::new("t", 0)));
+        let a = beat(&mut g, &a, &parts, 2);
+        assert!(!g.holds_any(&t0), "a confirmed giving it up");
+        let b = join(&mut g, &parts, 3);
+        let a = beat(&mut g, &a, &parts, 4);
+        let b = beat(&mut g, &b, &parts, 5);
+        assert!(!a.assignment.contains(&TopicPartition::new("t", 0)));
+        assert!(!b.assignment.contains(&TopicPartition::new("t", 0)));
+        assert!(!g.holds_any(&t0), "nobody is handed a paused partition");
+        g.resume(&t0);
+        let a = beat(&mut g, &a, &parts, 6);
+        let b = beat(&mut g, &b, &parts, 7);
+        let owners = [&a, &b]
+            .iter()
+            .filter(|r| r.assignment.contains(&TopicPartition::new("t", 0)))
+            .count();
+        assert_eq!(owners, 1, "handed back to exactly one member");
     }
 
     #[test]

@@ -127,6 +127,10 @@ fn group_status(e: CoordinatorError) -> Status {
         CoordinatorError::Topic(e) => return topic_status(e),
         CoordinatorError::Storage(e) => storage_status(e),
         CoordinatorError::Record(e) => Status::internal(e.to_string()),
+        CoordinatorError::InvalidOffset { .. } => Status::invalid_argument(e.to_string()),
+        CoordinatorError::RebalanceTimeout { .. } => {
+            with_kind(Status::aborted(e.to_string()), "rebalance-timeout")
+        }
     };
     refuse(status)
 }
@@ -612,46 +616,20 @@ impl Fjord for FjordService {
                 assignment: m.assigned.difference(&m.revoking).map(from_tp).collect(),
             })
             .collect();
-        // Lag of every partition committed or assigned.
-        let mut tps: std::collections::BTreeSet<TopicPartition> =
-            group.offsets().keys().cloned().collect();
-        tps.extend(
-            group
-                .members()
-                .values()
-                .flat_map(|m| m.assigned.iter().cloned()),
-        );
-        let topics = self.topics.clone();
-        let committed: Vec<(TopicPartition, i64)> = tps
+        let groups = self.groups.clone();
+        let lag = blocking(move || Ok((groups.lag(&group), group))).await?;
+        let (lag, group) = lag;
+        let partitions = lag
             .into_iter()
-            .map(|tp| {
-                let offset = group.committed(&tp).map_or(-1, |c| c.offset);
-                (tp, offset)
+            .map(|l| v1::GroupPartitionLag {
+                topic: l.tp.topic,
+                partition: l.tp.partition,
+                committed_offset: l.committed_offset,
+                high_watermark: l.high_watermark,
+                lag: l.lag_records,
+                lag_ms: l.lag_ms,
             })
             .collect();
-        let partitions = blocking(move || {
-            Ok(committed
-                .into_iter()
-                .filter_map(|(tp, committed_offset)| {
-                    let partition = topics.partition(&tp.topic, tp.partition).ok()?;
-                    let log = partition.log();
-                    let high_watermark = log.high_watermark();
-                    let from = if committed_offset < 0 {
-                        log.log_start_offset()
-                    } else {
-                        committed_offset
-                    };
-                    Some(v1::GroupPartitionLag {
-                        topic: tp.topic,
-                        partition: tp.partition,
-                        committed_offset,
-                        high_watermark,
-                        lag: (high_watermark - from).max(0),
-                    })
-                })
-                .collect())
-        })
-        .await?;
         let state = match group.state() {
             GroupState::Empty => "EMPTY",
             GroupState::Reconciling => "RECONCILING",
@@ -674,5 +652,25 @@ impl Fjord for FjordService {
         let groups = self.groups.clone();
         blocking(move || groups.delete_group(&id).map_err(group_status)).await?;
         Ok(Response::new(v1::DeleteGroupResponse {}))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<v1::ResetOffsetsRequest>,
+    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let offsets: Vec<(TopicPartition, i64)> = r
+            .offsets
+            .into_iter()
+            .map(|o| (TopicPartition::new(&o.topic, o.partition), o.offset))
+            .collect();
+        let groups = self.groups.clone();
+        let revoked = blocking(move || {
+            groups
+                .reset_offsets(&r.group_id, &offsets)
+                .map_err(group_status)
+        })
+        .await?;
+        Ok(Response::new(v1::ResetOffsetsResponse { revoked }))
     }
 }

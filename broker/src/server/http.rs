@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::cluster::TopicManager;
+use crate::group::coordinator::Coordinator;
 use crate::storage::CleanerStats;
 
 use super::metrics::Metrics;
@@ -18,6 +19,7 @@ pub struct HttpState {
     pub topics: Arc<TopicManager>,
     pub metrics: Arc<Metrics>,
     pub cleaner: Arc<CleanerStats>,
+    pub groups: Arc<Coordinator>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -29,10 +31,13 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     // Reading every partition's log takes their locks: not on the runtime's workers.
-    let body =
-        tokio::task::spawn_blocking(move || state.metrics.render(&state.topics, &state.cleaner))
-            .await
-            .unwrap_or_else(|e| format!("# metrics unavailable: {e}\n"));
+    let body = tokio::task::spawn_blocking(move || {
+        state
+            .metrics
+            .render(&state.topics, &state.cleaner, &state.groups)
+    })
+    .await
+    .unwrap_or_else(|e| format!("# metrics unavailable: {e}\n"));
     (
         [(
             header::CONTENT_TYPE,

@@ -9,7 +9,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
 use crate::cluster::TopicManager;
+use crate::group::coordinator::Coordinator;
 use crate::storage::CleanerStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +22,13 @@ pub struct TopicLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    pub group: String,
     pub topic: String,
     pub partition: String,
 }
@@ -60,7 +70,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with gauges read now.
-    pub fn render(&self, topics: &TopicManager, cleaner: &CleanerStats) -> String {
+    pub fn render(
+        &self,
+        topics: &TopicManager,
+        cleaner: &CleanerStats,
+        groups: &Coordinator,
+    ) -> String {
         let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         for family in [
             &self.log_start_offset,
@@ -162,12 +177,37 @@ impl Metrics {
             "Records compacted away",
             self.cleaner_records_removed.clone(),
         );
-        let dirty = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let dirty = Gauge::<f64, AtomicU64>::default();
         dirty.set(cleaner.last_dirty_ratio());
         registry.register(
             "cleaner_dirty_ratio",
             "Dirty ratio of the last log the cleaner looked at",
             dirty,
+        );
+        let lag_records = Family::<GroupPartitionLabels, Gauge>::default();
+        let lag_seconds = Family::<GroupPartitionLabels, Gauge<f64, AtomicU64>>::default();
+        for (group, partitions) in groups.all_lag() {
+            for lag in partitions {
+                let labels = GroupPartitionLabels {
+                    group: group.clone(),
+                    topic: lag.tp.topic,
+                    partition: lag.tp.partition.to_string(),
+                };
+                lag_records.get_or_create(&labels).set(lag.lag_records);
+                lag_seconds
+                    .get_or_create(&labels)
+                    .set(lag.lag_ms as f64 / 1000.0);
+            }
+        }
+        registry.register(
+            "consumer_group_lag_records",
+            "Records between a group's committed offset and the high watermark",
+            lag_records,
+        );
+        registry.register(
+            "consumer_group_lag_seconds",
+            "Seconds the newest record's timestamp is ahead of a group's committed position",
+            lag_seconds,
         );
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

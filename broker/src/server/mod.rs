@@ -139,6 +139,7 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Server(e.to_string()))?
         .map_err(|e| BrokerError::Server(format!("cannot load consumer groups: {e}")))?;
+        let groups = Arc::new(groups);
         let grpc_listener = bind(&config.grpc_addr).await?;
         let http_listener = bind(&config.http_addr).await?;
         let grpc_addr = grpc_listener
@@ -167,7 +168,7 @@ impl Broker {
 
         let service = grpc::FjordService {
             topics: topics.clone(),
-            groups: Arc::new(groups),
+            groups: groups.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
         };
@@ -195,6 +196,7 @@ impl Broker {
             topics: topics.clone(),
             metrics,
             cleaner: cleaner_stats,
+            groups,
         });
         let mut http_shutdown = shutdown_rx.clone();
         let http = tokio::spawn(async move {
