@@ -1,4 +1,6 @@
-//! [`Consumer`]: reads assigned partitions from positions the caller chooses.
+//! [`Consumer`]: reads assigned partitions from positions the caller chooses, or, with a
+//! `group_id` and [`Consumer::subscribe`], the partitions its consumer group assigns it
+//! (see [`crate::group`]), from the group's committed offsets.
 //!
 //! Every assigned partition with a position has at most one fetch (a long poll of
 //! `max_wait_ms`) in flight; fetches stay in flight across [`Consumer::poll`] calls, so a
@@ -20,11 +22,27 @@ use crate::TopicPartition;
 use crate::admin::{Admin, OffsetSpec};
 use crate::connection::{GrpcClient, connect};
 use crate::error::{ClientError, Result};
+use crate::group::{Membership, RebalanceListener};
+
+fn not_in_group() -> ClientError {
+    ClientError::InvalidArgument("this consumer is not a group member (no group_id)".into())
+}
 
 /// Retriable fetch errors in a row on one partition that are retried silently.
 pub const FETCH_RETRIES: u32 = 5;
 /// The wait before retrying a fetch that failed with a retriable error.
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where a group member starts reading a partition its group has no committed offset
+/// for (or whose position fell out of the log), as Kafka's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark: only new records.
+    #[default]
+    Latest,
+}
 
 /// Consumer settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +51,15 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// How long a fetch waits at the broker for data before it returns empty.
     pub max_wait_ms: u32,
+    /// The consumer group to join on [`Consumer::subscribe`] (Kafka's `group.id`).
+    pub group_id: Option<String>,
+    /// Group members only: see [`AutoOffsetReset`].
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Group members only: commit the positions every `auto_commit_interval_ms` (at the
+    /// start of a poll, so what earlier polls returned counts as processed), on a
+    /// rebalance and on [`Consumer::close`].
+    pub enable_auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -40,6 +67,10 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             max_bytes: 1024 * 1024,
             max_wait_ms: 500,
+            group_id: None,
+            auto_offset_reset: AutoOffsetReset::Latest,
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
         }
     }
 }
@@ -99,6 +130,13 @@ pub struct Consumer {
     fetches: FuturesUnordered<BoxFuture<'static, FetchDone>>,
     /// An error met while other partitions returned records; reported by the next poll.
     pending_error: Option<ClientError>,
+    /// Gives every partition state a fresh epoch (a stale fetch never matches).
+    epochs: u64,
+    group: Option<Membership>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    /// The positions last committed (auto-commit skips unchanged ones).
+    committed: BTreeMap<TopicPartition, i64>,
+    last_auto_commit: Instant,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -107,6 +145,7 @@ impl std::fmt::Debug for Consumer {
             .field("config", &self.config)
             .field("assigned", &self.assigned)
             .field("fetches_in_flight", &self.fetches.len())
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -122,7 +161,215 @@ impl Consumer {
             assigned: BTreeMap::new(),
             fetches: FuturesUnordered::new(),
             pending_error: None,
+            epochs: 0,
+            group: None,
+            listener: None,
+            committed: BTreeMap::new(),
+            last_auto_commit: Instant::now(),
         })
+    }
+
+    /// Joins the consumer group of `group_id` (see [`ConsumerConfig`]) subscribed to
+    /// `topics`, or changes the subscription. The group's coordinator assigns partitions;
+    /// [`Consumer::poll`] takes them up (from the committed offsets) and gives them back.
+    pub async fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let Some(group_id) = self.config.group_id.clone() else {
+            return Err(ClientError::InvalidArgument(
+                "subscribe needs a group_id in the consumer's config".into(),
+            ));
+        };
+        if topics.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        for topic in topics {
+            // Fails with UnknownTopic for a topic that does not exist.
+            self.admin.partition_count(topic).await?;
+        }
+        let topics: BTreeSet<String> = topics.iter().map(|t| t.to_string()).collect();
+        match &self.group {
+            Some(group) => group.subscribe(topics),
+            None => {
+                self.group = Some(Membership::join(self.client.clone(), &group_id, topics));
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when the group moves partitions (see [`RebalanceListener`]).
+    pub fn set_rebalance_listener(&mut self, listener: Box<dyn RebalanceListener>) {
+        self.listener = Some(listener);
+    }
+
+    /// The member id the group's coordinator gave this consumer, once it answered.
+    pub fn member_id(&self) -> Option<String> {
+        let id = self.group.as_ref()?.member_id();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// Group members: whether more partitions may still come or go (the coordinator has
+    /// not reached this member's target assignment yet).
+    pub fn assignment_pending(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| g.is_reconciling())
+    }
+
+    /// Commits the position of every owned partition: everything earlier polls returned
+    /// counts as processed (Kafka's `commitSync()`).
+    pub async fn commit(&mut self) -> Result<()> {
+        let owned = self.assignment();
+        self.commit_positions(&owned).await
+    }
+
+    /// Commits explicit offsets (each the offset of the next record to read). Offsets
+    /// this consumer committed last time are not sent again.
+    pub async fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let group = self.group.as_ref().ok_or_else(not_in_group)?;
+        let changed: Vec<(TopicPartition, i64)> = offsets
+            .iter()
+            .filter(|(tp, offset)| self.committed.get(tp) != Some(offset))
+            .cloned()
+            .collect();
+        group.commit(&changed).await?;
+        self.committed.extend(changed);
+        Ok(())
+    }
+
+    /// Commits the positions of `partitions`.
+    async fn commit_positions(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let offsets: Vec<(TopicPartition, i64)> = partitions
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), self.assigned.get(tp)?.position?)))
+            .collect();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// Leaves the group (committing first with auto-commit on), so its partitions move
+    /// to the other members at once. Without a group: nothing to do.
+    pub async fn close(mut self) -> Result<()> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        let committed = if self.config.enable_auto_commit {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        let owned = self.assignment();
+        if !owned.is_empty()
+            && let Some(listener) = &mut self.listener
+        {
+            listener.on_revoked(&owned);
+        }
+        let left = match &self.group {
+            Some(group) => group.leave().await,
+            None => Ok(()),
+        };
+        committed.and(left)
+    }
+
+    /// Applies what the heartbeats brought: gives up revoked partitions (callback, then
+    /// commit), then takes up new ones (from the committed offsets), then the callback.
+    async fn rebalance(&mut self) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let update = group.take_update();
+        if let Some(e) = update.error {
+            return Err(e);
+        }
+        if update.lost {
+            let owned = self.assignment();
+            if !owned.is_empty() {
+                if let Some(listener) = &mut self.listener {
+                    listener.on_revoked(&owned);
+                }
+                self.assigned.clear();
+                self.committed.clear();
+            }
+        }
+        let Some(target) = update.target else {
+            return Ok(());
+        };
+        let revoked: Vec<TopicPartition> = self
+            .assigned
+            .keys()
+            .filter(|tp| !target.contains(*tp))
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            if let Some(listener) = &mut self.listener {
+                listener.on_revoked(&revoked);
+            }
+            if let Err(e) = self.commit_positions(&revoked).await {
+                tracing::warn!(error = %e, "commit of revoked partitions failed");
+            }
+            for tp in &revoked {
+                self.assigned.remove(tp);
+                self.committed.remove(tp);
+            }
+        }
+        let added: Vec<TopicPartition> = target
+            .iter()
+            .filter(|tp| !self.assigned.contains_key(*tp))
+            .cloned()
+            .collect();
+        if !added.is_empty() {
+            self.take_up(&added).await?;
+        }
+        if let Some(group) = &self.group {
+            group.set_owned(self.assigned.keys().cloned().collect());
+        }
+        if !added.is_empty()
+            && let Some(listener) = &mut self.listener
+        {
+            listener.on_assigned(&added);
+        }
+        Ok(())
+    }
+
+    /// Starts reading newly assigned partitions from the group's committed offsets, else
+    /// from `auto_offset_reset`.
+    async fn take_up(&mut self, added: &[TopicPartition]) -> Result<()> {
+        let group_id = self.group.as_ref().ok_or_else(not_in_group)?.group_id();
+        let committed = self.admin.group_offsets(group_id, added).await?;
+        let reset = match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => OffsetSpec::Earliest,
+            AutoOffsetReset::Latest => OffsetSpec::Latest,
+        };
+        for tp in added {
+            let position = match committed.get(tp) {
+                Some(c) => c.offset,
+                None => Self::lookup(&self.admin, tp, reset).await?,
+            };
+            self.epochs += 1;
+            self.assigned.insert(
+                tp.clone(),
+                PartitionState {
+                    position: Some(position),
+                    epoch: self.epochs,
+                    ..PartitionState::default()
+                },
+            );
+            if committed.contains_key(tp) {
+                self.committed.insert(tp.clone(), position);
+            }
+        }
+        Ok(())
+    }
+
+    async fn auto_commit(&mut self) {
+        if self.group.is_none()
+            || !self.config.enable_auto_commit
+            || self.last_auto_commit.elapsed()
+                < Duration::from_millis(self.config.auto_commit_interval_ms)
+        {
+            return;
+        }
+        self.last_auto_commit = Instant::now();
+        if let Err(e) = self.commit().await {
+            tracing::warn!(error = %e, "auto-commit failed");
+        }
     }
 
     /// Adds partitions of `topic` to the assignment (empty: every partition). A partition
@@ -168,9 +415,11 @@ impl Consumer {
         }
         let offset = match to {
             Seek::Offset(n) => n,
-            Seek::Beginning => self.lookup(&tp, OffsetSpec::Earliest).await?,
-            Seek::End => self.lookup(&tp, OffsetSpec::Latest).await?,
-            Seek::Timestamp(ms) => self.lookup(&tp, OffsetSpec::Timestamp(ms)).await?,
+            Seek::Beginning => Self::lookup(&self.admin, &tp, OffsetSpec::Earliest).await?,
+            Seek::End => Self::lookup(&self.admin, &tp, OffsetSpec::Latest).await?,
+            Seek::Timestamp(ms) => {
+                Self::lookup(&self.admin, &tp, OffsetSpec::Timestamp(ms)).await?
+            }
         };
         let state = self
             .assigned
@@ -179,16 +428,18 @@ impl Consumer {
                 topic: topic.to_string(),
                 partition,
             })?;
+        self.epochs += 1;
         state.position = Some(offset);
-        state.epoch += 1;
+        state.epoch = self.epochs;
         state.in_flight = false;
         state.failures = 0;
         Ok(())
     }
 
-    async fn lookup(&self, tp: &TopicPartition, spec: OffsetSpec) -> Result<i64> {
-        let offsets = self
-            .admin
+    /// The offset `spec` names in `tp` (a free function of the admin, so that the
+    /// futures of `poll` do not hold `&self`: the consumer is `Send`, not `Sync`).
+    async fn lookup(admin: &Admin, tp: &TopicPartition, spec: OffsetSpec) -> Result<i64> {
+        let offsets = admin
             .list_partition_offsets(&tp.topic, &[tp.partition], spec)
             .await?;
         let found = offsets
@@ -246,9 +497,21 @@ impl Consumer {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
         }
+        self.rebalance().await?;
+        self.auto_commit().await;
         let wait = Duration::from_millis(u64::from(self.config.max_wait_ms));
+        // A group member wakes up early when the group moves partitions.
+        let changed = self.group.as_ref().map(|g| g.changed());
+        let group_news = async {
+            match &changed {
+                Some(changed) => changed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(group_news);
         if self.assigned.is_empty() {
-            tokio::time::sleep(wait).await;
+            let _ = tokio::time::timeout(wait, &mut group_news).await;
+            self.rebalance().await?;
             return Ok(Vec::new());
         }
         self.resolve_positions().await?;
@@ -256,9 +519,13 @@ impl Consumer {
         let mut out = Vec::new();
         loop {
             self.start_fetches();
-            let done = match tokio::time::timeout_at(deadline, self.fetches.next()).await {
-                Ok(Some(done)) => done,
-                Ok(None) | Err(_) => return Ok(out),
+            let next = tokio::time::timeout_at(deadline, self.fetches.next());
+            let done = tokio::select! {
+                done = next => match done {
+                    Ok(Some(done)) => done,
+                    Ok(None) | Err(_) => return Ok(out),
+                },
+                _ = &mut group_news => return Ok(out),
             };
             let mut result = self.complete(done, &mut out);
             while result.is_ok() {
@@ -400,6 +667,22 @@ impl Consumer {
                         Err(e)
                     }
                 }
+            }
+            Err(ClientError::OffsetOutOfRange {
+                log_start_offset,
+                log_end_offset,
+                ..
+            }) if self.group.is_some() && log_start_offset >= 0 => {
+                let to = match self.config.auto_offset_reset {
+                    AutoOffsetReset::Earliest => log_start_offset,
+                    AutoOffsetReset::Latest => log_end_offset,
+                };
+                tracing::warn!(topic = %done.tp.topic, partition = done.tp.partition,
+                    from = done.offset, to, "position out of range: auto.offset.reset");
+                self.epochs += 1;
+                state.epoch = self.epochs;
+                state.position = Some(to);
+                Ok(())
             }
             Err(e) if e.is_retriable() && state.failures < FETCH_RETRIES => {
                 tracing::debug!(topic = %done.tp.topic, partition = done.tp.partition,

@@ -13,6 +13,10 @@
 //!   keyless: sticky until the batch closes).
 //! - [`consumer`]: [`Consumer`], which reads assigned partitions from chosen positions
 //!   ([`Seek`]) with long-polling fetches, as a `poll` loop or a `Stream`.
+//! - [`group`]: consumer group membership: with a `group_id`, [`Consumer::subscribe`]
+//!   joins the group, a background task heartbeats, and `poll` takes up and gives back
+//!   the partitions the coordinator assigns ([`RebalanceListener`]), with auto-commit or
+//!   [`Consumer::commit`].
 //! - [`error`]: [`ClientError`], mapped from gRPC statuses, with
 //!   [`ClientError::is_retriable`].
 //! - [`connection`]: opening the channel (eagerly: a broker that is not running is a
@@ -39,6 +43,7 @@ pub mod admin;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -46,9 +51,10 @@ pub use admin::{
     Admin, CommittedOffset, GroupDescription, GroupMemberInfo, GroupPartitionLag, OffsetSpec,
     PartitionInfo, PartitionOffset, TopicDescription, TopicSummary,
 };
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Seek};
 pub use error::{ClientError, Result};
 pub use fjord_protocol::codec::{Compression, RecordInput};
+pub use group::RebalanceListener;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Acks, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 

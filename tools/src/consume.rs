@@ -1,11 +1,13 @@
 //! `fjord consume`: records to standard output, one per line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::time::Instant;
 
 use clap::{ArgGroup, Args};
-use fjord_client::{Consumer, ConsumerConfig, ConsumerRecord, Seek, TopicPartition};
+use fjord_client::{
+    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Seek, TopicPartition,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::output::{Failure, Out};
@@ -16,17 +18,25 @@ use crate::rfc3339;
 pub struct ConsumeArgs {
     topic: String,
     /// Read only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
-    /// Start at the first record of each partition (default: the end).
+    /// Start at the first record of each partition (default: the end). With --group:
+    /// where the group has no committed offset (auto.offset.reset=earliest).
     #[arg(long)]
     from_beginning: bool,
     /// Start at this offset in each partition read.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "group")]
     offset: Option<i64>,
     /// Start at the first record at or after this RFC 3339 time.
-    #[arg(long, value_name = "RFC3339", value_parser = rfc3339::parse_ms)]
+    #[arg(long, value_name = "RFC3339", value_parser = rfc3339::parse_ms,
+        conflicts_with = "group")]
     from_time: Option<i64>,
+    /// Consume as a member of this consumer group: read the partitions the group assigns,
+    /// from its committed offsets, and commit what was printed. Without --follow, exit
+    /// once the assigned partitions are read to their end; SIGTERM and Ctrl-C commit and
+    /// leave the group.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
     /// Stop after N records.
     #[arg(long, value_name = "N")]
     max_messages: Option<u64>,
@@ -122,6 +132,9 @@ impl Progress {
 }
 
 pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
+    if let Some(group) = args.group.clone() {
+        return run_group(brokers, &group, args).await;
+    }
     let mut consumer = Consumer::connect(brokers, ConsumerConfig::default()).await?;
     let partitions: Vec<u32> = args.partition.into_iter().collect();
     consumer.assign(&args.topic, &partitions).await?;
@@ -221,4 +234,124 @@ fn lag(consumer: &Consumer, ends: Option<&BTreeMap<TopicPartition, i64>>) -> Opt
         lag += (hw - position).max(0);
     }
     Some(lag)
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `fjord consume --group`: a group member that commits what it printed.
+async fn run_group(brokers: &str, group: &str, args: ConsumeArgs) -> Result<(), Failure> {
+    let config = ConsumerConfig {
+        group_id: Some(group.to_owned()),
+        auto_offset_reset: if args.from_beginning {
+            AutoOffsetReset::Earliest
+        } else {
+            AutoOffsetReset::Latest
+        },
+        // The offsets after the printed records are committed below.
+        enable_auto_commit: false,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(brokers, config).await?;
+    consumer.subscribe(&[args.topic.as_str()]).await?;
+    let mut progress = Progress::new(None);
+    let mut out = Out::new();
+    let mut printed: u64 = 0;
+    let max = args.max_messages.unwrap_or(u64::MAX);
+    // The offset after the last printed record of each partition, and the partitions
+    // with records returned but not printed (--max-messages cut a poll short).
+    let mut done: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    let mut unprinted: BTreeSet<TopicPartition> = BTreeSet::new();
+    let stop = terminated();
+    tokio::pin!(stop);
+    let result: Result<(), Failure> = async {
+        loop {
+            if printed >= max || (!args.follow && at_end(&consumer)) {
+                return Ok(());
+            }
+            let records = tokio::select! {
+                records = consumer.poll() => records?,
+                _ = &mut stop => return Ok(()),
+            };
+            let mut bytes = 0;
+            let before = printed;
+            for r in &records {
+                let tp = TopicPartition::new(&r.topic, r.partition);
+                if printed >= max {
+                    unprinted.insert(tp);
+                    continue;
+                }
+                write_record(&mut out, r, args.print_offset, args.print_key)?;
+                done.insert(tp, r.offset + 1);
+                bytes += r.value.as_ref().map_or(0, |v| v.len()) as u64;
+                printed += 1;
+            }
+            if !records.is_empty() {
+                // Printed first, then committed: a record is never committed unprinted.
+                out.flush()?;
+                commit_printed(&mut consumer, &done, &unprinted).await?;
+            }
+            progress.update(printed - before, bytes, lag(&consumer, None));
+        }
+    }
+    .await;
+    progress.finish();
+    let flushed = out.flush();
+    let committed = match &result {
+        Ok(()) => commit_printed(&mut consumer, &done, &unprinted).await,
+        Err(_) => Ok(()),
+    };
+    let left = consumer.close().await.map_err(Failure::from);
+    result?;
+    flushed?;
+    committed?;
+    left
+}
+
+/// Commits, for every owned partition, the offset after its last printed record, or
+/// its position when every record polled from it was printed (so a partition started
+/// from auto.offset.reset is committed too, as Kafka's consumers do).
+async fn commit_printed(
+    consumer: &mut Consumer,
+    done: &BTreeMap<TopicPartition, i64>,
+    unprinted: &BTreeSet<TopicPartition>,
+) -> Result<(), Failure> {
+    let offsets: Vec<(TopicPartition, i64)> = consumer
+        .assignment()
+        .into_iter()
+        .filter_map(|tp| {
+            let offset = if unprinted.contains(&tp) {
+                *done.get(&tp)?
+            } else {
+                consumer.position(&tp.topic, tp.partition)?
+            };
+            Some((tp, offset))
+        })
+        .collect();
+    consumer.commit_offsets(&offsets).await?;
+    Ok(())
+}
+
+/// A group member is done when its assignment is final and each of its partitions has
+/// been read up to the high watermark its last fetch saw.
+fn at_end(consumer: &Consumer) -> bool {
+    !consumer.assignment_pending()
+        && consumer.assignment().iter().all(|tp| {
+            let hw = consumer.high_watermark(&tp.topic, tp.partition);
+            let position = consumer.position(&tp.topic, tp.partition);
+            matches!((hw, position), (Some(hw), Some(p)) if p >= hw)
+        })
 }

@@ -71,6 +71,9 @@ pub struct HeartbeatResponse {
     pub member_epoch: i32,
     pub assignment: BTreeSet<TopicPartition>,
     pub heartbeat_interval_ms: i64,
+    /// The assignment is not the member's target yet: partitions are still to be given
+    /// up, or to come once other members give them up.
+    pub reconciling: bool,
 }
 
 /// A committed offset.
@@ -178,6 +181,7 @@ impl Group {
                 member_epoch: -1,
                 assignment: BTreeSet::new(),
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                reconciling: false,
             });
         }
         let id = if request.member_epoch == 0 {
@@ -244,11 +248,17 @@ impl Group {
         self.refresh_target(partitions);
         let assignment = self.reconcile(&id);
         let member = &self.members[&id];
+        let reconciling = !member.revoking.is_empty()
+            || self
+                .target
+                .get(&id)
+                .map_or(!member.assigned.is_empty(), |t| *t != member.assigned);
         Ok(HeartbeatResponse {
             member_id: id,
             member_epoch: member.epoch,
             assignment,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            reconciling,
         })
     }
 
@@ -450,6 +460,7 @@ mod tests {
         assert_eq!(g.state(), GroupState::Stable);
         let b = join(&mut g, &parts, 1);
         assert!(b.assignment.is_empty(), "a still owns everything");
+        assert!(b.reconciling, "b waits for partitions");
         assert_eq!(g.state(), GroupState::Reconciling);
         let a = beat(&mut g, &a, &parts, 2);
         assert_eq!(a.assignment.len(), 2, "a is told to give two up");

@@ -540,6 +540,7 @@ impl Fjord for FjordService {
             member_epoch: response.member_epoch,
             assignment: response.assignment.iter().map(from_tp).collect(),
             heartbeat_interval_ms: response.heartbeat_interval_ms.max(0) as u32,
+            reconciling: response.reconciling,
         }))
     }
 
