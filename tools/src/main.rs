@@ -2,13 +2,15 @@
 //!
 //! Modules: [`topic`] (create, list, describe, delete, alter), [`produce`] (stdin lines
 //! to records), [`consume`] (records to stdout lines), [`offsets`] (`offsets` and
-//! `delete-records`), [`perf`] (load generators and measurements), [`output`] (buffered
-//! stdout, closed-pipe handling, the error type) and [`rfc3339`] (time arguments).
+//! `delete-records`), [`group`] (list, describe, delete, reset-offsets of consumer
+//! groups), [`perf`] (load generators and measurements), [`output`] (buffered stdout,
+//! closed-pipe handling, the error type, aligned tables) and [`rfc3339`] (time arguments).
 //!
 //! Exit status: 0 on success (also when stdout is closed early, as by `| head`); 1 with
 //! one line `fjord: <message>` on stderr on an error; 2 on a usage error (from clap).
 
 mod consume;
+mod group;
 mod offsets;
 mod output;
 mod perf;
@@ -54,6 +56,9 @@ enum Command {
     Offsets(offsets::OffsetsArgs),
     /// Delete the records of a partition below an offset.
     DeleteRecords(offsets::DeleteRecordsArgs),
+    /// List, describe and delete consumer groups, and reset their offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure throughput and latency: produce, consume, end to end, and the disk.
     #[command(subcommand)]
     Perf(perf::PerfCommand),
@@ -67,6 +72,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Consume(args) => consume::run(brokers, args).await,
         Command::Offsets(args) => offsets::offsets(brokers, args).await,
         Command::DeleteRecords(args) => offsets::delete_records(brokers, args).await,
+        Command::Group(command) => group::run(brokers, command).await,
         Command::Perf(command) => perf::run(brokers, command).await,
     }
 }

@@ -1,5 +1,5 @@
-//! Standard output (buffered and locked, so that 100k lines are fast) and the error type
-//! of every command.
+//! Standard output (buffered and locked, so that 100k lines are fast), the error type of
+//! every command, and the aligned tables of the `describe` commands.
 
 use std::io::{self, BufWriter, StdoutLock, Write};
 
@@ -65,4 +65,33 @@ impl Out {
     pub fn flush(&mut self) -> Result<(), Failure> {
         self.w.flush().map_err(io_failure)
     }
+}
+
+/// The lines of an aligned table: every cell padded to its column's widest, two spaces
+/// between columns, each line indented by two spaces (no trailing blanks). The first row
+/// is the header; every row has the same number of cells.
+pub fn table<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        let row = row.as_ref();
+        assert!(
+            widths.is_empty() || widths.len() == row.len(),
+            "ragged table"
+        );
+        widths.resize(row.len(), 0);
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .as_ref()
+                .iter()
+                .zip(&widths)
+                .map(|(cell, &w)| format!("{cell:<w$}"))
+                .collect();
+            format!("  {}", cells.join("  ").trim_end())
+        })
+        .collect()
 }

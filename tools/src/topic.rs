@@ -3,7 +3,7 @@
 use clap::{ArgGroup, Args, Subcommand};
 use fjord_client::{Admin, TopicDescription};
 
-use crate::output::{Failure, Out};
+use crate::output::{Failure, Out, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
@@ -100,7 +100,7 @@ pub fn describe_lines(d: &TopicDescription) -> Vec<String> {
         format!("Topic: {}", d.name),
         format!("Partitions: {}", d.partitions.len()),
     ];
-    let mut table = vec![[
+    let mut rows = vec![[
         "PARTITION".to_string(),
         "LOG-START".into(),
         "HIGH-WATERMARK".into(),
@@ -109,7 +109,7 @@ pub fn describe_lines(d: &TopicDescription) -> Vec<String> {
         "SEGMENTS".into(),
     ]];
     for p in &d.partitions {
-        table.push([
+        rows.push([
             p.partition.to_string(),
             p.log_start_offset.to_string(),
             p.high_watermark.to_string(),
@@ -118,20 +118,7 @@ pub fn describe_lines(d: &TopicDescription) -> Vec<String> {
             p.segments.to_string(),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for row in &table {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        lines.push(format!("  {}", cells.join("  ").trim_end()));
-    }
+    lines.extend(table(&rows));
     lines.push("Configs:".into());
     let mut configs = d.configs.clone();
     for (k, v) in &d.overrides {
