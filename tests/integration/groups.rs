@@ -8,7 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fjord::client::{Admin, GroupDescription, TopicPartition, partition_for_key};
+use fjord::client::{
+    Admin, AutoOffsetReset, ClientError, Consumer, ConsumerConfig, ConsumerRecord,
+    GroupDescription, RebalanceListener, TopicPartition, partition_for_key,
+};
 
 use crate::support::{BrokerProcess, binary, eventually, fjord, fjord_ok};
 
@@ -457,4 +460,129 @@ async fn every_reset_mode_applies_to_a_live_group_without_stopping_it() {
     fjord_ok(&broker, &["produce", "t"], b"v20\n");
     caught_up(mark, 21).await;
     assert_eq!(offsets_after(mark), vec![20]);
+}
+
+/// Records the rebalance callbacks as `assigned:0,1` / `revoked:2`.
+struct Callbacks(Arc<Mutex<Vec<String>>>);
+
+impl Callbacks {
+    fn note(&self, what: &str, partitions: &[TopicPartition]) {
+        let list: Vec<String> = partitions
+            .iter()
+            .map(|tp| tp.partition.to_string())
+            .collect();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{what}:{}", list.join(",")));
+    }
+}
+
+impl RebalanceListener for Callbacks {
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        self.note("assigned", partitions);
+    }
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        self.note("revoked", partitions);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_consumer_calls_back_on_rebalance_and_commits_what_it_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), GROUP_ARGS);
+    let addr = broker.grpc_addr.to_string();
+    let admin = Admin::connect(&addr).await.unwrap();
+    fjord_ok(&broker, &["topic", "create", "e", "--partitions", "4"], b"");
+    let produce = ["produce", "e", "--key-separator", "\t"];
+    fjord_ok(&broker, &produce, &keyed_lines(0..40));
+    let config = ConsumerConfig {
+        group_id: Some("cb".into()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        enable_auto_commit: false,
+        max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    };
+    let join = |events: Arc<Mutex<Vec<String>>>| {
+        let (addr, config) = (addr.clone(), config.clone());
+        async move {
+            let mut c = Consumer::connect(&addr, config).await.unwrap();
+            c.set_rebalance_listener(Box::new(Callbacks(events)));
+            c.subscribe(&["e"]).await.unwrap();
+            c
+        }
+    };
+    let key = |r: &ConsumerRecord| (r.partition, r.offset);
+
+    let events_a = Arc::new(Mutex::new(Vec::new()));
+    let mut a = join(events_a.clone()).await;
+    let deadline = Instant::now() + WAIT;
+    let mut first = BTreeSet::new();
+    while first.len() < 40 || a.assignment_pending() {
+        assert!(Instant::now() < deadline, "a alone reads everything");
+        first.extend(a.poll().await.unwrap().iter().map(key));
+    }
+    assert_eq!(*events_a.lock().unwrap(), ["assigned:0,1,2,3"]);
+    a.commit().await.unwrap();
+    assert!(
+        admin
+            .describe_group("cb")
+            .await
+            .unwrap()
+            .partitions
+            .iter()
+            .all(|p| p.lag == 0)
+    );
+
+    // b joins while new records wait: a is called back and commits before it gives two
+    // partitions up, and b starts exactly there: every new record is read once.
+    fjord_ok(&broker, &produce, &keyed_lines(40..80));
+    let events_b = Arc::new(Mutex::new(Vec::new()));
+    let mut b = join(events_b.clone()).await;
+    let mut second: Vec<(u32, i64)> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while second.len() < 40
+        || a.assignment_pending()
+        || b.assignment_pending()
+        || b.assignment().len() != 2
+    {
+        assert!(Instant::now() < deadline, "a and b share the partitions");
+        second.extend(a.poll().await.unwrap().iter().map(key));
+        second.extend(b.poll().await.unwrap().iter().map(key));
+        a.commit().await.unwrap();
+        b.commit().await.unwrap();
+    }
+    let distinct: BTreeSet<(u32, i64)> = second.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        second.len(),
+        "no record read twice: {second:?}"
+    );
+    assert!(distinct.is_disjoint(&first));
+    let moved: Vec<String> = b
+        .assignment()
+        .iter()
+        .map(|tp| tp.partition.to_string())
+        .collect();
+    let moved = moved.join(",");
+    assert_eq!(*events_b.lock().unwrap(), [format!("assigned:{moved}")]);
+    assert_eq!(
+        events_a.lock().unwrap()[1..],
+        [format!("revoked:{moved}")],
+        "a was told before giving them up"
+    );
+
+    // A commit for a partition a gave up is refused.
+    let gone = b.assignment()[0].clone();
+    let refused = a.commit_offsets(&[(gone, 0)]).await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::FencedMember(_)),
+        "{refused:?}"
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    let d = admin.describe_group("cb").await.unwrap();
+    assert_eq!(d.state, "EMPTY");
+    assert!(d.partitions.iter().all(|p| p.lag == 0), "{d:?}");
 }
