@@ -2,6 +2,7 @@
 
 mod broker;
 mod cli;
+mod example;
 mod groups;
 mod storage_format;
 mod support;

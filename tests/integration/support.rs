@@ -29,6 +29,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// An example program of the root crate (`examples/NAME.rs`), which `cargo test
+/// --workspace` builds into `target/<profile>/examples/`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
 /// A broker process. Killed (SIGKILL) on drop unless stopped.
 pub struct BrokerProcess {
     child: Option<Child>,

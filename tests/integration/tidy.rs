@@ -26,7 +26,7 @@ fn source_follows_the_tidy_rules() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     for dir in [
-        "broker", "protocol", "client", "tools", "src", "tests", "benches",
+        "broker", "protocol", "client", "tools", "src", "tests", "benches", "examples",
     ] {
         if root.join(dir).exists() {
             rust_files(&root.join(dir), &mut files);
