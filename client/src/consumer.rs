@@ -224,14 +224,24 @@ impl Consumer {
     /// Commits explicit offsets (each the offset of the next record to read). Offsets
     /// this consumer committed last time are not sent again.
     pub async fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        let group = self.group.as_ref().ok_or_else(not_in_group)?;
-        let changed: Vec<(TopicPartition, i64)> = offsets
+        let changed: Vec<(TopicPartition, i64, String)> = offsets
             .iter()
             .filter(|(tp, offset)| self.committed.get(tp) != Some(offset))
-            .cloned()
+            .map(|(tp, offset)| (tp.clone(), *offset, String::new()))
             .collect();
-        group.commit(&changed).await?;
-        self.committed.extend(changed);
+        self.commit_offsets_with_metadata(&changed).await
+    }
+
+    /// Commits explicit offsets, each with a metadata string kept beside it (as Kafka's
+    /// `OffsetAndMetadata`; read back with [`Admin::group_offsets`]).
+    pub async fn commit_offsets_with_metadata(
+        &mut self,
+        offsets: &[(TopicPartition, i64, String)],
+    ) -> Result<()> {
+        let group = self.group.as_ref().ok_or_else(not_in_group)?;
+        group.commit(offsets).await?;
+        self.committed
+            .extend(offsets.iter().map(|(tp, offset, _)| (tp.clone(), *offset)));
         Ok(())
     }
 

@@ -189,7 +189,7 @@ impl Membership {
 
     /// Commits `offsets` as this member (fenced by the broker: only owned partitions,
     /// only with the current member epoch).
-    pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+    pub async fn commit(&self, offsets: &[(TopicPartition, i64, String)]) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -210,11 +210,11 @@ impl Membership {
             member_epoch,
             offsets: offsets
                 .iter()
-                .map(|(tp, offset)| v1::OffsetCommit {
+                .map(|(tp, offset, metadata)| v1::OffsetCommit {
                     topic: tp.topic.clone(),
                     partition: tp.partition,
                     offset: *offset,
-                    metadata: String::new(),
+                    metadata: metadata.clone(),
                 })
                 .collect(),
         };

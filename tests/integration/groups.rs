@@ -586,3 +586,47 @@ async fn a_group_consumer_calls_back_on_rebalance_and_commits_what_it_gives_up()
     assert_eq!(d.state, "EMPTY");
     assert!(d.partitions.iter().all(|p| p.lag == 0), "{d:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_commit_commits_what_earlier_polls_returned_and_metadata_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), GROUP_ARGS);
+    let addr = broker.grpc_addr.to_string();
+    let admin = Admin::connect(&addr).await.unwrap();
+    fjord_ok(&broker, &["topic", "create", "a", "--partitions", "2"], b"");
+    let produce = ["produce", "a", "--key-separator", "\t"];
+    fjord_ok(&broker, &produce, &keyed_lines(0..30));
+    let config = ConsumerConfig {
+        group_id: Some("auto".into()),
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        auto_commit_interval_ms: 0,
+        max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    };
+    let mut c = Consumer::connect(&addr, config).await.unwrap();
+    c.subscribe(&["a"]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut read = 0;
+    while read < 30 {
+        assert!(Instant::now() < deadline, "reads everything");
+        read += c.poll().await.unwrap().len();
+    }
+    // The next poll commits what the earlier ones returned.
+    c.poll().await.unwrap();
+    let d = admin.describe_group("auto").await.unwrap();
+    assert_eq!(d.partitions.len(), 2);
+    assert!(d.partitions.iter().all(|p| p.lag == 0), "{d:?}");
+
+    let tp = TopicPartition::new("a", 0);
+    let position = c.position("a", 0).unwrap();
+    c.commit_offsets_with_metadata(&[(tp.clone(), position, "view v3".into())])
+        .await
+        .unwrap();
+    let committed = admin
+        .group_offsets("auto", std::slice::from_ref(&tp))
+        .await
+        .unwrap();
+    assert_eq!(committed[&tp].offset, position);
+    assert_eq!(committed[&tp].metadata, "view v3");
+    c.close().await.unwrap();
+}
