@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjord_protocol::{BatchIter, decode_records, v1};
+use fjord_protocol::{BatchIter, decode_batch, v1};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
@@ -209,9 +209,13 @@ impl Consumer {
     }
 
     /// Group members: whether more partitions may still come or go (the coordinator has
-    /// not reached this member's target assignment yet).
+    /// not reached this member's target assignment yet, or `poll` has not applied the
+    /// latest assignment).
     pub fn assignment_pending(&self) -> bool {
-        self.group.as_ref().is_some_and(|g| g.is_reconciling())
+        self.group.as_ref().is_some_and(|g| {
+            let owned: BTreeSet<TopicPartition> = self.assigned.keys().cloned().collect();
+            g.is_reconciling(&owned)
+        })
     }
 
     /// Commits the position of every owned partition: everything earlier polls returned
@@ -711,7 +715,7 @@ impl Consumer {
 /// Decodes the records at or after `from` of whole batches `bytes`.
 pub(crate) fn decode_into(
     tp: &TopicPartition,
-    bytes: &[u8],
+    bytes: &Bytes,
     from: i64,
     out: &mut Vec<ConsumerRecord>,
 ) -> Result<()> {
@@ -720,7 +724,8 @@ pub(crate) fn decode_into(
         if header.is_control() || header.next_offset() <= from {
             continue;
         }
-        for r in decode_records(header.as_bytes())? {
+        // Keys and values are slices of the fetched bytes: no copies.
+        for r in decode_batch(&bytes.slice_ref(header.as_bytes()))? {
             if r.offset < from {
                 continue;
             }
@@ -758,6 +763,7 @@ mod tests {
     fn skips_records_before_the_position_in_the_first_batch() {
         let mut bytes = batch(10, &["a", "b", "c"]);
         bytes.extend(batch(13, &["d", "e"]));
+        let bytes = Bytes::from(bytes);
         let tp = TopicPartition::new("t", 2);
         let mut out = Vec::new();
         decode_into(&tp, &bytes, 12, &mut out).unwrap();
@@ -778,6 +784,7 @@ mod tests {
         let mut bytes = batch(0, &["a"]);
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
+        let bytes = Bytes::from(bytes);
         let mut out = Vec::new();
         let e = decode_into(&TopicPartition::new("t", 0), &bytes, 0, &mut out).unwrap_err();
         assert!(matches!(e, ClientError::Codec(_)), "{e:?}");

@@ -176,10 +176,11 @@ impl Membership {
         }
     }
 
-    /// Whether the coordinator said the assignment is not final yet.
-    pub fn is_reconciling(&self) -> bool {
+    /// Whether the assignment is not final yet: no answer yet, the coordinator said so,
+    /// or the consumer has not taken up the latest target (`owned` differs).
+    pub fn is_reconciling(&self, owned: &BTreeSet<TopicPartition>) -> bool {
         let s = lock(&self.shared);
-        s.reconciling || s.update.target.is_none()
+        s.reconciling || s.update.target.as_ref() != Some(owned)
     }
 
     /// Notified when a heartbeat brings news.

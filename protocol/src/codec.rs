@@ -3,17 +3,20 @@
 //! encoding and the gzip, snappy (xerial framing, as Kafka's Java client), lz4 (frame) and
 //! zstd codecs.
 //!
-//! Known limit: `kafka-protocol` stores headers in an ordered map, so two headers with the
-//! same key in one record collapse into the last one.
+//! Batches are built and decoded by [`crate::records`] (records written straight into the
+//! batch buffer, decoded as slices of it); [`reencode_records`], which the compacting
+//! cleaner uses, goes through kafka-protocol, which stores headers in an ordered map, so
+//! there two headers with the same key in one record collapse into the last one.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    self as kp, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    self as kp, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
 };
 
 use crate::batch::{BatchHeader, ProtocolError};
+pub use crate::records::{BatchBuilder, decode_batch};
 
 /// Kafka's compression codecs (attribute bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,31 +143,21 @@ pub fn encode_batch_with(
     compression: Compression,
     producer: ProducerFields,
 ) -> Result<Bytes, ProtocolError> {
-    let records: Vec<DecodedRecord> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| DecodedRecord {
-            offset: i as i64,
-            timestamp_ms: r.timestamp_ms,
-            key: r.key.clone().map(Bytes::from),
-            value: r.value.clone().map(Bytes::from),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().map(Bytes::from)))
-                .collect(),
-            // Records carry no sequence of their own: it is baseSequence + offset delta
-            // (also for NO_SEQUENCE, which keeps kafka-protocol from splitting the batch).
-            sequence: producer.base_sequence.wrapping_add(i as i32),
-            producer_id: producer.producer_id,
-            producer_epoch: producer.producer_epoch,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            log_append_time: false,
-            control: false,
-            transactional: false,
-        })
-        .collect();
-    reencode_records(&records, compression)
+    let mut builder = BatchBuilder::with_capacity(
+        records
+            .iter()
+            .map(|r| 32 + r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+            .sum(),
+    );
+    for r in records {
+        builder.push(
+            r.timestamp_ms,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
+    }
+    builder.finish(compression, producer)
 }
 
 /// Encodes records that carry their offsets (which may have gaps, and the batch's base
@@ -230,11 +223,18 @@ fn encode_kp_records(
 }
 
 /// Decodes every record of the single batch in `batch` (validating its CRC first), with
-/// absolute offsets.
+/// absolute offsets. Copies the batch once; [`decode_batch`] on `Bytes` copies nothing.
 pub fn decode_records(batch: &[u8]) -> Result<Vec<DecodedRecord>, ProtocolError> {
+    decode_batch(&Bytes::copy_from_slice(batch))
+}
+
+/// [`decode_records`] through kafka-protocol's decoder (the reference the tests compare
+/// [`decode_batch`] with).
+#[cfg(test)]
+pub(crate) fn decode_records_kp(batch: &[u8]) -> Result<Vec<DecodedRecord>, ProtocolError> {
     let header = BatchHeader::validate(batch)?;
     let mut buf = Bytes::copy_from_slice(header.as_bytes());
-    let set = RecordBatchDecoder::decode(&mut buf).map_err(codec_error)?;
+    let set = kp::RecordBatchDecoder::decode(&mut buf).map_err(codec_error)?;
     let log_append_time = header.is_log_append_time();
     Ok(set
         .records

@@ -14,7 +14,8 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use fjord_protocol::codec::RecordInput;
+use bytes::Bytes;
+use fjord_protocol::BatchBuilder;
 use tokio::time::Instant;
 
 use crate::TopicPartition;
@@ -25,26 +26,39 @@ pub(crate) const BATCH_OVERHEAD: usize = fjord_protocol::batch::HEADER_SIZE;
 /// key and value lengths, header count (varints at their widest).
 const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
 
-/// An upper bound of a record's encoded size (uncompressed).
-pub(crate) fn record_size(record: &RecordInput) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, Vec::len))
-        .sum();
-    RECORD_OVERHEAD
-        + record.key.as_ref().map_or(0, Vec::len)
-        + record.value.as_ref().map_or(0, Vec::len)
-        + headers
+/// A record on its way into a batch (its bytes are shared, not copied, until the batch
+/// encodes them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct PendingRecord {
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+impl PendingRecord {
+    /// An upper bound of the record's encoded size (uncompressed).
+    pub(crate) fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
+        RECORD_OVERHEAD
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + headers
+    }
 }
 
 /// A batch being built or sent; `T` is what completes each record (a reply channel).
 #[derive(Debug)]
 pub(crate) struct Batch<T> {
     pub id: u64,
-    pub records: Vec<RecordInput>,
+    /// The records, encoded as they joined.
+    pub records: BatchBuilder,
     pub replies: Vec<T>,
-    /// Estimated encoded size.
+    /// The encoded size so far.
     pub size: usize,
     pub created: Instant,
 }
@@ -95,11 +109,11 @@ impl<T> Accumulator<T> {
     pub(crate) fn append(
         &mut self,
         tp: &TopicPartition,
-        record: RecordInput,
+        record: PendingRecord,
         reply: T,
         now: Instant,
     ) -> u64 {
-        let size = record_size(&record);
+        let size = record.size();
         let queue = self.queues.entry(tp.clone()).or_default();
         if let Some(open) = &queue.open
             && open.size + size > self.batch_bytes
@@ -113,15 +127,20 @@ impl<T> Accumulator<T> {
             self.outstanding.insert(id);
             Batch {
                 id,
-                records: Vec::new(),
+                records: BatchBuilder::with_capacity(self.batch_bytes.min(1 << 20)),
                 replies: Vec::new(),
                 size: BATCH_OVERHEAD,
                 created: now,
             }
         });
-        batch.records.push(record);
+        batch.records.push(
+            record.timestamp_ms,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
         batch.replies.push(reply);
-        batch.size += size;
+        batch.size = batch.records.size();
         let id = batch.id;
         if batch.size >= self.batch_bytes {
             let full = queue.open.take().expect("just filled");
@@ -228,8 +247,11 @@ mod tests {
         TopicPartition::new("t", p)
     }
 
-    fn record(value_len: usize) -> RecordInput {
-        RecordInput::new(None, Some(vec![b'v'; value_len]), 0)
+    fn record(value_len: usize) -> PendingRecord {
+        PendingRecord {
+            value: Some(Bytes::from(vec![b'v'; value_len])),
+            ..PendingRecord::default()
+        }
     }
 
     fn sizes(batches: &[Batch<u32>]) -> Vec<Vec<u32>> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use fjord_protocol::codec::{ProducerFields, RecordInput, encode_batch_with};
+use fjord_protocol::codec::ProducerFields;
 use fjord_protocol::v1;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use crate::admin::Admin;
 use crate::connection::{GrpcClient, connect};
 use crate::error::{ClientError, Result};
 use crate::partitioner::{StickyPartitioner, partition_for_key};
-use accumulator::{Accumulator, Batch};
+use accumulator::{Accumulator, Batch, PendingRecord};
 
 pub use fjord_protocol::Compression;
 
@@ -125,7 +125,7 @@ enum Command {
     Send {
         topic: String,
         partition: Option<u32>,
-        record: RecordInput,
+        record: PendingRecord,
         reply: Reply,
     },
     Flush(oneshot::Sender<()>),
@@ -248,24 +248,13 @@ impl Producer {
         record: ProducerRecord,
     ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let input = RecordInput {
-            key: record.key.map(|b| b.to_vec()),
-            value: record.value.map(|b| b.to_vec()),
-            headers: record
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k, v.map(|b| b.to_vec())))
-                .collect(),
+        let input = PendingRecord {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
         };
-        let size = input.key.as_ref().map_or(0, Vec::len)
-            + input.value.as_ref().map_or(0, Vec::len)
-            + input
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>()
-            + RECORD_OVERHEAD_BYTES;
+        let size = input.size();
         let want = size.min(self.buffer_memory) as u32;
         let command = move |room| Command::Send {
             topic: record.topic,
@@ -321,10 +310,6 @@ impl Producer {
         self.flush().await
     }
 }
-
-/// What a record costs in the buffer beyond its key, value and headers (Kafka's record
-/// framing, roughly).
-const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// What a request task reports when it is done.
 struct Done {
@@ -530,12 +515,9 @@ impl Request {
         // Encode; a batch that cannot be encoded fails alone.
         let mut records = BytesMut::new();
         let mut sent = Vec::with_capacity(batches.len());
-        for batch in batches {
-            match encode_batch_with(
-                &batch.records,
-                config.compression,
-                ProducerFields::default(),
-            ) {
+        for mut batch in batches {
+            let built = std::mem::take(&mut batch.records);
+            match built.finish(config.compression, ProducerFields::default()) {
                 Ok(bytes) => {
                     records.extend_from_slice(&bytes);
                     sent.push(batch);
@@ -590,7 +572,7 @@ impl Request {
             Ok(response) => {
                 let mut base = response.base_offset;
                 for batch in sent {
-                    let n = batch.records.len() as i64;
+                    let n = batch.replies.len() as i64;
                     for (i, reply) in batch.replies.into_iter().enumerate() {
                         let offset = match config.acks {
                             Acks::None => -1,
