@@ -56,6 +56,6 @@ pub use error::{ClientError, Result};
 pub use fjord_protocol::codec::{Compression, RecordInput};
 pub use group::RebalanceListener;
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Acks, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{Acks, Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendCallback};
 
 pub use fjord_protocol::TopicPartition;

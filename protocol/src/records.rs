@@ -65,12 +65,21 @@ fn put_field(buf: &mut BytesMut, bytes: Option<&[u8]>) {
 }
 
 /// Builds one batch (base offset 0) by encoding records into its buffer as they come.
-#[derive(Debug, Clone, Default)]
+/// The buffer starts with room for the header, so an uncompressed batch is finished in
+/// place, without copying its records.
+#[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    records: BytesMut,
+    /// `HEADER_SIZE` bytes to fill in, then the records.
+    buf: BytesMut,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::with_capacity(0)
+    }
 }
 
 impl BatchBuilder {
@@ -80,9 +89,13 @@ impl BatchBuilder {
 
     /// A builder whose buffer first holds `bytes` of records without growing.
     pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(HEADER_SIZE + bytes);
+        buf.resize(HEADER_SIZE, 0);
         BatchBuilder {
-            records: BytesMut::with_capacity(bytes),
-            ..BatchBuilder::default()
+            buf,
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
         }
     }
 
@@ -97,7 +110,7 @@ impl BatchBuilder {
 
     /// The batch's size if it were finished uncompressed now.
     pub fn size(&self) -> usize {
-        HEADER_SIZE + self.records.len()
+        self.buf.len()
     }
 
     /// Appends a record at the next offset delta.
@@ -131,17 +144,18 @@ impl BatchBuilder {
             + field_len(value)
             + varint_len(headers.len() as i64)
             + headers_len;
-        self.records.reserve(varint_len(body as i64) + body);
-        put_varint(&mut self.records, body as i64);
-        self.records.put_u8(0); // attributes: unused
-        put_varint(&mut self.records, timestamp_delta);
-        put_varint(&mut self.records, offset_delta);
-        put_field(&mut self.records, key);
-        put_field(&mut self.records, value);
-        put_varint(&mut self.records, headers.len() as i64);
+        let buf = &mut self.buf;
+        buf.reserve(varint_len(body as i64) + body);
+        put_varint(buf, body as i64);
+        buf.put_u8(0); // attributes: unused
+        put_varint(buf, timestamp_delta);
+        put_varint(buf, offset_delta);
+        put_field(buf, key);
+        put_field(buf, value);
+        put_varint(buf, headers.len() as i64);
         for (k, v) in headers {
-            put_field(&mut self.records, Some(k.as_ref().as_bytes()));
-            put_field(&mut self.records, v.as_ref().map(AsRef::as_ref));
+            put_field(buf, Some(k.as_ref().as_bytes()));
+            put_field(buf, v.as_ref().map(AsRef::as_ref));
         }
         self.count += 1;
     }
@@ -157,36 +171,41 @@ impl BatchBuilder {
                 "a batch needs at least one record".into(),
             ));
         }
-        let mut out = BytesMut::with_capacity(HEADER_SIZE + self.records.len());
-        out.put_i64(0); // baseOffset: assigned by the broker
-        out.put_i32(0); // batchLength: below
-        out.put_i32(-1); // partitionLeaderEpoch: assigned by the broker
-        out.put_i8(MAGIC_V2);
-        out.put_u32(0); // crc: below
-        out.put_i16(compression.id() & ATTR_COMPRESSION_MASK);
-        out.put_i32(self.count - 1);
-        out.put_i64(self.base_timestamp);
-        out.put_i64(self.max_timestamp);
-        out.put_i64(producer.producer_id);
-        out.put_i16(producer.producer_epoch);
-        out.put_i32(producer.base_sequence);
-        out.put_i32(self.count);
-        let records = self.records;
-        let copy = |buf: &mut BytesMut| {
-            buf.put_slice(&records);
-            Ok(())
-        };
-        let compressed = match compression {
-            Compression::None => {
-                out.put_slice(&records);
-                Ok(())
+        let mut out = match compression {
+            Compression::None => self.buf,
+            compression => {
+                let records = &self.buf[HEADER_SIZE..];
+                let mut out = BytesMut::with_capacity(HEADER_SIZE + records.len() / 2);
+                out.resize(HEADER_SIZE, 0);
+                let copy = |buf: &mut BytesMut| {
+                    buf.put_slice(records);
+                    Ok(())
+                };
+                let compressed = match compression {
+                    Compression::Gzip => kc::Gzip::compress(&mut out, copy),
+                    Compression::Snappy => kc::Snappy::compress(&mut out, copy),
+                    Compression::Lz4 => kc::Lz4::compress(&mut out, copy),
+                    Compression::Zstd => kc::Zstd::compress(&mut out, copy),
+                    Compression::None => unreachable!("handled above"),
+                };
+                compressed.map_err(|e| ProtocolError::Codec(format!("{e:#}")))?;
+                out
             }
-            Compression::Gzip => kc::Gzip::compress(&mut out, copy),
-            Compression::Snappy => kc::Snappy::compress(&mut out, copy),
-            Compression::Lz4 => kc::Lz4::compress(&mut out, copy),
-            Compression::Zstd => kc::Zstd::compress(&mut out, copy),
         };
-        compressed.map_err(|e| ProtocolError::Codec(format!("{e:#}")))?;
+        let mut header = &mut out[..HEADER_SIZE];
+        header.put_i64(0); // baseOffset: assigned by the broker
+        header.put_i32(0); // batchLength: below
+        header.put_i32(-1); // partitionLeaderEpoch: assigned by the broker
+        header.put_i8(MAGIC_V2);
+        header.put_u32(0); // crc: below
+        header.put_i16(compression.id() & ATTR_COMPRESSION_MASK);
+        header.put_i32(self.count - 1);
+        header.put_i64(self.base_timestamp);
+        header.put_i64(self.max_timestamp);
+        header.put_i64(producer.producer_id);
+        header.put_i16(producer.producer_epoch);
+        header.put_i32(producer.base_sequence);
+        header.put_i32(self.count);
         let length = (out.len() - LOG_OVERHEAD) as i32;
         out[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
         let crc = crc32c::crc32c(&out[CRC_START..]);

@@ -747,3 +747,65 @@ async fn group_members_share_partitions_and_commits_survive_kill_9() {
         "internal topics are not listed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_calls_back_once_per_record_with_its_offset() {
+    use fjord::client::{Producer, ProducerConfig, ProducerRecord};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "cb", 2, &[]).await;
+    let addr = broker.grpc_addr.to_string();
+    let producer = Producer::connect(&addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..100u32 {
+        let outcomes = outcomes.clone();
+        let record = ProducerRecord {
+            topic: "cb".into(),
+            partition: Some(1),
+            value: Some(format!("v{i}").into()),
+            ..ProducerRecord::default()
+        };
+        producer
+            .send_with(record, move |result| {
+                outcomes.lock().unwrap().push((i, result));
+            })
+            .await
+            .unwrap();
+    }
+    // A record for a partition that does not exist fails through its callback.
+    let bad = ProducerRecord {
+        topic: "cb".into(),
+        partition: Some(7),
+        value: Some("x".into()),
+        ..ProducerRecord::default()
+    };
+    let failed = outcomes.clone();
+    producer
+        .send_with(bad, move |result| {
+            failed.lock().unwrap().push((u32::MAX, result));
+        })
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+    let outcomes = outcomes.lock().unwrap();
+    assert_eq!(outcomes.len(), 101, "one callback per record");
+    let mut offsets = BTreeMap::new();
+    for (i, result) in outcomes.iter() {
+        match result {
+            Ok(meta) => {
+                assert_eq!(meta.partition, 1);
+                offsets.insert(*i, meta.offset);
+            }
+            Err(e) => {
+                assert_eq!(*i, u32::MAX, "{e}");
+                assert!(e.to_string().contains('7'), "{e}");
+            }
+        }
+    }
+    let expected: BTreeMap<u32, i64> = (0..100).map(|i| (i, i64::from(i))).collect();
+    assert_eq!(offsets, expected, "in send order");
+}

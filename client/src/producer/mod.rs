@@ -106,18 +106,28 @@ const REQUEST_BYTES: usize = 1024 * 1024;
 /// Commands handled in one go before the dispatcher looks at completions and timers.
 const COMMANDS_PER_TURN: usize = 1024;
 
-/// Where a record's outcome goes; holds the record's share of the buffer until then.
+/// A callback of [`Producer::send_with`].
+pub type SendCallback = Box<dyn FnOnce(Result<RecordMetadata>) + Send>;
+
+/// Where a record's outcome goes.
+enum Outcome {
+    Future(oneshot::Sender<Result<RecordMetadata>>),
+    Callback(SendCallback),
+}
+
+/// A record's outcome and its share of the buffer, held until then.
 struct Reply {
-    tx: oneshot::Sender<Result<RecordMetadata>>,
+    to: Outcome,
     _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Reply {
-    fn send(
-        self,
-        result: Result<RecordMetadata>,
-    ) -> std::result::Result<(), Result<RecordMetadata>> {
-        self.tx.send(result)
+    fn send(self, result: Result<RecordMetadata>) {
+        match self.to {
+            // A dropped future does not want the outcome.
+            Outcome::Future(tx) => drop(tx.send(result)),
+            Outcome::Callback(callback) => callback(result),
+        }
     }
 }
 
@@ -248,39 +258,67 @@ impl Producer {
         record: ProducerRecord,
     ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
+        let queued = self.queue(record, Outcome::Future(tx));
+        async move {
+            if let Some(waiting) = queued {
+                waiting.await?;
+            }
+            rx.await.unwrap_or(Err(ClientError::ProducerClosed))
+        }
+    }
+
+    /// Sends a record and calls `callback` with its outcome once its batch is answered
+    /// (Kafka's `send(record, callback)`), from the producer's own task: keep it short.
+    /// Cheaper than [`Producer::send_record`]'s future when records are many. Returns
+    /// once the record is queued (waiting, up to `max_block_ms`, for room in the
+    /// buffer): records of one partition are written in the order of these calls.
+    pub async fn send_with(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
+    ) -> Result<()> {
+        match self.queue(record, Outcome::Callback(Box::new(callback))) {
+            Some(waiting) => waiting.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a record now if the buffer has room; else returns what queues it once
+    /// there is room (or fails after `max_block_ms`).
+    fn queue(
+        &self,
+        record: ProducerRecord,
+        to: Outcome,
+    ) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
         let input = PendingRecord {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
             key: record.key,
             value: record.value,
             headers: record.headers,
         };
-        let size = input.size();
-        let want = size.min(self.buffer_memory) as u32;
+        let want = input.size().min(self.buffer_memory) as u32;
         let command = move |room| Command::Send {
             topic: record.topic,
             partition: record.partition,
             record: input,
-            reply: Reply { tx, _room: room },
+            reply: Reply { to, _room: room },
         };
         // Room now: queued before this returns, so call order is write order. No room:
         // wait (up to max_block_ms) for acknowledgements to free some.
-        let queued = match self.room.clone().try_acquire_many_owned(want) {
+        match self.room.clone().try_acquire_many_owned(want) {
             Ok(room) => {
-                // If the dispatcher is gone, the reply is dropped and `rx` fails.
+                // If the dispatcher is gone, the reply is dropped and the caller hears
+                // ProducerClosed.
                 let _ = self.commands.send(command(room));
                 None
             }
-            Err(_) => Some((
-                self.room.clone(),
-                self.commands.clone(),
-                self.max_block,
-                command,
-            )),
-        };
-        async move {
-            if let Some((room, commands, max_block, command)) = queued {
-                let room =
-                    match tokio::time::timeout(max_block, room.acquire_many_owned(want)).await {
+            Err(_) => {
+                let (room, commands, max_block) =
+                    (self.room.clone(), self.commands.clone(), self.max_block);
+                Some(async move {
+                    let room = match tokio::time::timeout(max_block, room.acquire_many_owned(want))
+                        .await
+                    {
                         Ok(Ok(room)) => room,
                         Ok(Err(_)) => return Err(ClientError::ProducerClosed),
                         Err(_) => {
@@ -289,9 +327,10 @@ impl Producer {
                             });
                         }
                     };
-                let _ = commands.send(command(room));
+                    let _ = commands.send(command(room));
+                    Ok(())
+                })
             }
-            rx.await.unwrap_or(Err(ClientError::ProducerClosed))
         }
     }
 
@@ -412,7 +451,7 @@ impl Dispatcher {
                 let partition = match self.place(&topic, partition, record.key.as_deref()).await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        reply.send(Err(e));
                         return;
                     }
                 };
@@ -513,18 +552,28 @@ impl Request {
         } = self;
         let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
         // Encode; a batch that cannot be encoded fails alone.
-        let mut records = BytesMut::new();
+        let mut encoded = Vec::with_capacity(batches.len());
         let mut sent = Vec::with_capacity(batches.len());
         for mut batch in batches {
             let built = std::mem::take(&mut batch.records);
             match built.finish(config.compression, ProducerFields::default()) {
                 Ok(bytes) => {
-                    records.extend_from_slice(&bytes);
+                    encoded.push(bytes);
                     sent.push(batch);
                 }
                 Err(e) => fail(batch, ClientError::from(e)),
             }
         }
+        // One batch goes as it is; several are put together once.
+        let records = if encoded.len() == 1 {
+            encoded.pop().expect("one batch")
+        } else {
+            let mut all = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
+            for bytes in &encoded {
+                all.extend_from_slice(bytes);
+            }
+            all.freeze()
+        };
         if sent.is_empty() {
             return Done {
                 tp,
@@ -541,7 +590,7 @@ impl Request {
             topic: tp.topic.clone(),
             partition: tp.partition,
             acks: acks as i32,
-            records: records.freeze(),
+            records,
         };
         let mut attempt = 0;
         let result = loop {
@@ -578,7 +627,7 @@ impl Request {
                             Acks::None => -1,
                             _ => base + i as i64,
                         };
-                        let _ = reply.send(Ok(RecordMetadata {
+                        reply.send(Ok(RecordMetadata {
                             partition: tp.partition,
                             offset,
                         }));
@@ -606,6 +655,6 @@ impl Request {
 
 fn fail(batch: Batch<Reply>, e: ClientError) {
     for reply in batch.replies {
-        let _ = reply.send(Err(e.clone()));
+        reply.send(Err(e.clone()));
     }
 }

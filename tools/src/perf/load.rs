@@ -1,18 +1,15 @@
 //! What the load generators share: record payloads, the token bucket that paces them, and
 //! the paced sender that measures each record's acknowledgement latency.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use fjord_client::{ClientError, Producer, RecordMetadata};
-use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use fjord_client::{ClientError, Producer, ProducerRecord};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::join_failure;
 use super::stats::Latencies;
 use crate::output::Failure;
 
@@ -74,12 +71,19 @@ impl Payload {
         }
     }
 
+    /// The value of record `counter` without copying: a window of the pool at an offset
+    /// chosen by the counter (values differ, as in a real stream, but cost no copy to
+    /// make: the producer's own work is what is measured).
+    pub fn window(&self, counter: u64) -> Bytes {
+        // 4099 is prime, so consecutive records start at distant offsets.
+        let offset = (counter.wrapping_mul(4099) % POOL_EXTRA as u64) as usize;
+        self.pool.slice(offset..offset + self.size)
+    }
+
     /// The value of record `counter`: a window of the pool at an offset chosen by the
     /// counter, whose first bytes are `prefix` (as many of them as fit).
     pub fn record(&self, counter: u64, prefix: &[u8]) -> Bytes {
-        // 4099 is prime, so consecutive records start at distant offsets.
-        let offset = (counter.wrapping_mul(4099) % POOL_EXTRA as u64) as usize;
-        let mut value = BytesMut::from(&self.pool[offset..offset + self.size]);
+        let mut value = BytesMut::from(&self.window(counter)[..]);
         let n = prefix.len().min(self.size);
         value[..n].copy_from_slice(&prefix[..n]);
         value.freeze()
@@ -141,13 +145,11 @@ pub struct Sent {
     pub first_error: Option<ClientError>,
 }
 
-type Ack = BoxFuture<'static, fjord_client::Result<RecordMetadata>>;
-
 /// Sends `count` keyless records to `topic`, record `i` with value `value(i)`, at most
 /// `rate` a second (`None`: as fast as the producer takes them) and with at most
 /// `in_flight_max` unacknowledged. Each record's latency runs from just before `send`
-/// until its future resolves, observed by a task of its own so that sending never delays
-/// it. Stops sending at the first failure. Flushes the producer at the end.
+/// until its acknowledgement callback runs (on the producer's task, so sending never
+/// delays it). Stops sending at the first failure. Flushes the producer at the end.
 pub async fn send_paced<F>(
     producer: Producer,
     topic: String,
@@ -160,10 +162,12 @@ where
     F: FnMut(u64) -> Bytes + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(in_flight_max.max(1)));
-    let failed = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::unbounded_channel();
     let capacity = usize::try_from(count).unwrap_or(usize::MAX).min(1 << 24);
-    let collector = tokio::spawn(collect(rx, capacity, Arc::clone(&failed)));
+    let sent = Arc::new(Mutex::new(Sent {
+        latencies: Latencies::with_capacity(capacity),
+        ..Sent::default()
+    }));
+    let failed = Arc::new(AtomicBool::new(false));
     let mut pacer = rate.map(Pacer::new);
     let mut i = 0;
     'send: while i < count {
@@ -178,57 +182,43 @@ where
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                 break 'send; // never closed
             };
-            let record = value(i);
+            let record = ProducerRecord {
+                topic: topic.clone(),
+                value: Some(value(i)),
+                ..ProducerRecord::default()
+            };
+            let (outcomes, stop) = (Arc::clone(&sent), Arc::clone(&failed));
             let start = Instant::now();
-            let ack: Ack = Box::pin(producer.send(&topic, None, Some(record), Vec::new()));
-            if tx.send((start, slot, ack)).is_err() {
+            let queued = producer
+                .send_with(record, move |result| {
+                    let latency = start.elapsed();
+                    drop(slot);
+                    let mut sent = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(_) => sent.latencies.push(latency),
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            sent.failed += 1;
+                            sent.first_error.get_or_insert(e);
+                        }
+                    }
+                })
+                .await;
+            if let Err(e) = queued {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                sent.failed += 1;
+                sent.first_error.get_or_insert(e);
                 break 'send;
             }
             i += 1;
         }
     }
-    drop(tx);
-    // Sends the last batch without waiting for linger; each record's own future tells
-    // whether it failed.
+    // Sends the last batch without waiting for linger, and waits for every outcome.
     let _ = producer.flush().await;
-    collector.await.map_err(join_failure)
-}
-
-/// Awaits the acknowledgements handed over by [`send_paced`] as they resolve.
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(Instant, OwnedSemaphorePermit, Ack)>,
-    capacity: usize,
-    failed: Arc<AtomicBool>,
-) -> Sent {
-    let mut sent = Sent {
-        latencies: Latencies::with_capacity(capacity),
-        ..Sent::default()
-    };
-    let mut pending = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            item = rx.recv(), if open => match item {
-                Some((start, slot, ack)) => pending.push(async move {
-                    let result = ack.await;
-                    let latency = start.elapsed();
-                    drop(slot);
-                    (result, latency)
-                }),
-                None => open = false,
-            },
-            Some((result, latency)) = pending.next(), if !pending.is_empty() => match result {
-                Ok(_) => sent.latencies.push(latency),
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    sent.failed += 1;
-                    sent.first_error.get_or_insert(e);
-                }
-            },
-            else => break,
-        }
-    }
-    sent
+    drop(producer);
+    // Every callback has run (flush waits for all answers); take the results.
+    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(sent)
 }
 
 #[cfg(test)]
@@ -249,6 +239,9 @@ mod tests {
             Bytes::from(vec![1, 2, 3])
         );
         assert!(Payload::new(0).record(7, &[1]).is_empty());
+        let (w1, w2) = (p.window(1), p.window(2));
+        assert_eq!((w1.len(), w2.len()), (100, 100));
+        assert_ne!(w1, w2);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub async fn run(brokers: &str, args: ProduceArgs) -> Result<(), Failure> {
             share,
             throughput.map(|r| r / n as f64),
             in_flight_max,
-            move |i| payload.record(base + i, &(base + i).to_le_bytes()),
+            move |i| payload.window(base + i),
         )));
     }
     let mut latencies = Latencies::with_capacity(args.num_records.min(1 << 24) as usize);
