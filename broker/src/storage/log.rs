@@ -614,7 +614,7 @@ impl Log {
 
     /// Seals the active segment, fsyncs it, and only then creates the next one: so every
     /// sealed segment is durable and complete, and only the last segment of a log can
-    /// ever have a torn tail. The recovery point moves to the log end.
+    /// ever have a torn tail. The recovery point moves to the log end and is checkpointed.
     fn roll_at(&mut self, base_offset: i64) -> Result<()> {
         let options = self.segment_options();
         let now = self.clock.now_ms();
@@ -637,6 +637,9 @@ impl Log {
             self.segments
                 .insert(Segment::create(&self.dir, base_offset, options, now)?);
             self.recovery_point.fetch_max(durable, Ordering::SeqCst);
+            // Checkpointed now, not at the next periodic checkpoint: a restart after a
+            // crash then scans only the segment written since (a small file per roll).
+            self.write_meta()?;
         }
         checkpoint::sync_dir(&self.dir)
     }

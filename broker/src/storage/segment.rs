@@ -332,7 +332,8 @@ impl Segment {
     /// knows it without reading the log. A segment whose batches carry no timestamp gets
     /// one entry with `NO_TIMESTAMP`.
     fn append_last_time_entry(&mut self) {
-        if self.time_index.is_full() || self.size == 0 {
+        // Nothing valid (a scan may stop at a damaged first batch): nothing to index.
+        if self.time_index.is_full() || self.size == 0 || self.next_offset == self.base_offset {
             return;
         }
         if self.time_index.is_empty() && self.max_timestamp == NO_TIMESTAMP {
