@@ -809,3 +809,29 @@ async fn send_with_calls_back_once_per_record_with_its_offset() {
     let expected: BTreeMap<u32, i64> = (0..100).map(|i| (i, i64::from(i))).collect();
     assert_eq!(offsets, expected, "in send order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_move_on_to_another_partition_when_a_batch_fills() {
+    use fjord::client::{Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "spread", 4, &[]).await;
+    let config = ProducerConfig {
+        batch_bytes: 2048,
+        linger_ms: 1000,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..400)
+        .map(|_| producer.send("spread", None, Some(vec![b'x'; 100].into()), vec![]))
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for send in sends {
+        used.insert(send.await.unwrap().partition);
+    }
+    // About 20 batches of 2 KiB: each full one sends the next records elsewhere.
+    assert!(used.len() >= 2, "every keyless record went to {used:?}");
+}

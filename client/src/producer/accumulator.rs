@@ -149,9 +149,11 @@ impl<T> Accumulator<T> {
         id
     }
 
-    /// The id of `tp`'s open batch, if it has one.
-    pub(crate) fn open_batch(&self, tp: &TopicPartition) -> Option<u64> {
-        self.queues.get(tp)?.open.as_ref().map(|b| b.id)
+    /// The id of `tp`'s open batch if a record of `size` bytes would still join it (it
+    /// would not if it takes the batch over `batch_bytes`: a new batch starts).
+    pub(crate) fn open_batch_with_room(&self, tp: &TopicPartition, size: usize) -> Option<u64> {
+        let open = self.queues.get(tp)?.open.as_ref()?;
+        (open.size + size <= self.batch_bytes).then_some(open.id)
     }
 
     /// Takes the batches to send now, per partition, and marks those partitions in flight.
@@ -259,12 +261,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_open_batch_has_no_room_for_the_next_record() {
+        let mut acc: Accumulator<u32> = Accumulator::new(1000, Duration::ZERO, 10_000);
+        let now = Instant::now();
+        let id = acc.append(&tp(0), record(400), 0, now);
+        assert_eq!(
+            acc.open_batch_with_room(&tp(0), record(400).size()),
+            Some(id)
+        );
+        acc.append(&tp(0), record(400), 1, now);
+        assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(id), "still open");
+        assert_eq!(
+            acc.open_batch_with_room(&tp(0), record(400).size()),
+            None,
+            "a third record would start a new batch"
+        );
+    }
+
+    #[test]
     fn open_batch_waits_for_linger() {
         let t0 = Instant::now();
         let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20);
         let id = acc.append(&tp(0), record(10), 1u32, t0);
         acc.append(&tp(0), record(10), 2, t0 + Duration::from_millis(1));
-        assert_eq!(acc.open_batch(&tp(0)), Some(id));
+        assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(id));
         assert!(acc.drain(t0 + Duration::from_millis(4), 0).is_empty());
         assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(5)));
         let sent = acc.drain(t0 + Duration::from_millis(5), 0);
@@ -290,7 +310,7 @@ mod tests {
         // Two full batches go now; the open one (record 6) waits for linger.
         assert_eq!(sizes(batches), vec![vec![0, 1, 2], vec![3, 4, 5]]);
         assert!(batches.iter().all(|b| b.size <= 500));
-        assert_eq!(acc.open_batch(&tp(0)), Some(2));
+        assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(2));
     }
 
     #[test]
@@ -302,7 +322,7 @@ mod tests {
         acc.append(&tp(0), record(10), 2, t0);
         let sent = acc.drain(t0, 0);
         assert_eq!(sizes(&sent[0].1), vec![vec![0], vec![1]]);
-        assert_eq!(acc.open_batch(&tp(0)), Some(2));
+        assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(2));
     }
 
     #[test]

@@ -448,7 +448,9 @@ impl Dispatcher {
                 record,
                 reply,
             } => {
-                let partition = match self.place(&topic, partition, record.key.as_deref()).await {
+                let size = record.size();
+                let placed = self.place(&topic, partition, record.key.as_deref(), size);
+                let partition = match placed.await {
                     Ok(p) => p,
                     Err(e) => {
                         reply.send(Err(e));
@@ -465,12 +467,13 @@ impl Dispatcher {
         }
     }
 
-    /// The partition of a record.
+    /// The partition of a record (of `size` encoded bytes at most).
     async fn place(
         &mut self,
         topic: &str,
         partition: Option<u32>,
         key: Option<&[u8]>,
+        size: usize,
     ) -> Result<u32> {
         let mut count = self.partition_count(topic, false).await?;
         if let Some(p) = partition {
@@ -490,7 +493,8 @@ impl Dispatcher {
             None => {
                 let acc = &self.acc;
                 self.sticky.partition(topic, count, |p| {
-                    acc.open_batch(&TopicPartition::new(topic, p))
+                    // A record that would not fit starts a new batch: time to move on.
+                    acc.open_batch_with_room(&TopicPartition::new(topic, p), size)
                 })
             }
         })
