@@ -4,9 +4,11 @@
 //!
 //! Every assigned partition with a position has at most one fetch (a long poll of
 //! `max_wait_ms`) in flight; fetches stay in flight across [`Consumer::poll`] calls, so a
-//! partition with data is never held back by idle ones. A seek bumps the partition's
-//! *epoch*, which voids the answer of a fetch already in flight. Retriable errors are
-//! retried with a backoff (up to [`FETCH_RETRIES`] in a row) before `poll` reports them.
+//! partition with data is never held back by idle ones, and `poll` starts the next fetch
+//! of each partition before it returns its records (the network works while the caller
+//! does). A seek bumps the partition's *epoch*, which voids the answer of a fetch already
+//! in flight. Retriable errors are retried with a backoff (up to [`FETCH_RETRIES`] in a
+//! row) before `poll` reports them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -555,6 +557,9 @@ impl Consumer {
                 self.pending_error = Some(e);
             }
             if !out.is_empty() {
+                // Prefetch: the next fetch of each partition is on its way while the
+                // caller works through these records.
+                self.start_fetches();
                 return Ok(out);
             }
         }

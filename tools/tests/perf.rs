@@ -223,6 +223,25 @@ fn consume_reads_to_the_end_or_a_count() {
         text.starts_with("2000 records consumed in ") && text.ends_with(" MB/sec).\n"),
         "{text:?}"
     );
+
+    // As a group member: the group reads from the start, then only what came after its
+    // commit.
+    let group = [&args[..], &["--group", "readers"]].concat();
+    let first = [&group[..], &["--num-records", "2000", "--json"]].concat();
+    check_rates(&json(&ok(fjord(&broker, &first))), 2000);
+    let mut more = produce.to_vec();
+    more[5] = "300";
+    json(&ok(fjord(&broker, &more)));
+    let rest = [&group[..], &["--num-records", "300", "--json"]].concat();
+    check_rates(&json(&ok(fjord(&broker, &rest))), 300);
+    let described = ok(fjord(&broker, &["group", "describe", "readers"]));
+    assert!(
+        described.contains("State: EMPTY"),
+        "left the group: {described}"
+    );
+    // Without a count a group member has no end to stop at: a usage error.
+    let no_count = fjord(&broker, &group);
+    assert_eq!(no_count.status.code(), Some(2), "{no_count:?}");
 }
 
 #[test]

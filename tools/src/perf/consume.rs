@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use fjord_client::{Consumer, ConsumerConfig, Seek, TopicPartition};
+use fjord_client::{AutoOffsetReset, Consumer, ConsumerConfig, Seek, TopicPartition};
 use tokio::time::Instant;
 
 use super::at_least;
@@ -26,6 +26,10 @@ pub struct ConsumeArgs {
     /// The most bytes one fetch returns.
     #[arg(long, value_name = "B", default_value_t = ConsumerConfig::default().max_bytes)]
     fetch_bytes: u32,
+    /// Read as a member of this consumer group (the partitions it assigns, from its
+    /// committed offsets; auto-commit on). Needs --num-records.
+    #[arg(long, value_name = "G", requires = "num_records")]
+    group: Option<String>,
     /// Give up when no record came for this long.
     #[arg(long, value_name = "MS", default_value_t = 60_000)]
     timeout_ms: u64,
@@ -43,17 +47,27 @@ pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
     }
     let config = ConsumerConfig {
         max_bytes: args.fetch_bytes,
+        group_id: args.group.clone(),
+        auto_offset_reset: if args.from_beginning {
+            AutoOffsetReset::Earliest
+        } else {
+            AutoOffsetReset::Latest
+        },
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::connect(brokers, config).await?;
-    consumer.assign(&args.topic, &[]).await?;
-    let start_at = if args.from_beginning {
-        Seek::Beginning
+    if args.group.is_some() {
+        consumer.subscribe(&[args.topic.as_str()]).await?;
     } else {
-        Seek::End
-    };
-    for tp in consumer.assignment() {
-        consumer.seek(&tp.topic, tp.partition, start_at).await?;
+        consumer.assign(&args.topic, &[]).await?;
+        let start_at = if args.from_beginning {
+            Seek::Beginning
+        } else {
+            Seek::End
+        };
+        for tp in consumer.assignment() {
+            consumer.seek(&tp.topic, tp.partition, start_at).await?;
+        }
     }
     // Without a count: stop at the end offsets as of now.
     let ends = match args.num_records {
@@ -115,7 +129,11 @@ pub async fn run(brokers: &str, args: ConsumeArgs) -> Result<(), Failure> {
         rate.elapsed = start.elapsed();
         Ok::<_, Failure>(rate)
     }
-    .await?;
+    .await;
+    // A group member commits and leaves (also after a failure).
+    let closed = consumer.close().await;
+    let rate = rate?;
+    closed?;
     let line = if args.json {
         Json::new().rate(&rate).finish()
     } else {
