@@ -59,6 +59,20 @@ pub struct BrokerConfig {
     /// HTTP listener: /health and /metrics.
     #[arg(long, env = "FJORD_HTTP_ADDR", default_value = "127.0.0.1:9644")]
     pub http_addr: String,
+    /// Kafka wire-protocol listener.
+    #[arg(long, env = "FJORD_KAFKA_ADDR", default_value = "127.0.0.1:9092")]
+    pub kafka_addr: String,
+    /// The host:port Kafka clients are told to connect to (Metadata); default: the
+    /// address the Kafka listener is bound to.
+    #[arg(long, env = "FJORD_ADVERTISED_KAFKA_ADDR")]
+    pub advertised_kafka_addr: Option<String>,
+    /// The largest Kafka request frame; a larger one closes its connection.
+    #[arg(
+        long,
+        env = "FJORD_SOCKET_REQUEST_MAX_BYTES",
+        default_value_t = 104_857_600
+    )]
+    pub socket_request_max_bytes: usize,
     /// This broker's id in the cluster.
     #[arg(long, env = "FJORD_NODE_ID", default_value_t = 0)]
     pub node_id: u32,
@@ -227,12 +241,13 @@ impl BrokerConfig {
     }
 
     /// Defaults, with the data directory and listeners given (embedding and tests; use
-    /// port 0 for an ephemeral port).
+    /// port 0 for an ephemeral port). The Kafka listener takes an ephemeral port.
     pub fn embedded(data_dir: &std::path::Path, grpc_addr: &str, http_addr: &str) -> BrokerConfig {
         let mut config = BrokerConfig::parse_from(["fjord-broker"]);
         config.data_dir = data_dir.to_path_buf();
         config.grpc_addr = grpc_addr.to_owned();
         config.http_addr = http_addr.to_owned();
+        config.kafka_addr = "127.0.0.1:0".to_owned();
         config
     }
 

@@ -15,6 +15,9 @@ fn help_lists_the_settings_with_their_defaults() {
         "--data-dir",
         "--grpc-addr",
         "--http-addr",
+        "--kafka-addr",
+        "--advertised-kafka-addr",
+        "--socket-request-max-bytes",
         "--node-id",
         "--config",
         "--log-retention-check-interval-ms",
@@ -25,6 +28,7 @@ fn help_lists_the_settings_with_their_defaults() {
         "[default: ./fjord-data]",
         "[default: 127.0.0.1:9192]",
         "[default: 127.0.0.1:9644]",
+        "[default: 127.0.0.1:9092]",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -39,16 +39,7 @@ pub struct TopicDescription {
 }
 
 /// Which offset [`Admin::list_offsets`] looks up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetSpec {
-    /// The log start offset.
-    Earliest,
-    /// The high watermark (the offset the next record will get, once committed).
-    Latest,
-    /// The first offset whose record's timestamp is at or after this time (ms since the
-    /// epoch).
-    Timestamp(i64),
-}
+pub use fjord_protocol::OffsetSpec;
 
 /// The answer of [`Admin::list_offsets`] for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

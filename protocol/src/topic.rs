@@ -7,6 +7,18 @@ pub struct TopicPartition {
     pub partition: u32,
 }
 
+/// Which offset of a partition a ListOffsets lookup asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (the offset the next record will get, once committed).
+    Latest,
+    /// The first offset whose record's timestamp is at or after this time (ms since the
+    /// epoch).
+    Timestamp(i64),
+}
+
 impl TopicPartition {
     pub fn new(topic: &str, partition: u32) -> Self {
         TopicPartition {

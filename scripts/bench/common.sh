@@ -3,6 +3,7 @@
 set -euo pipefail
 BIN=${FJORD_BIN:-target/release}
 GRPC=${FJORD_BENCH_GRPC:-127.0.0.1:29192}
+KAFKA=${FJORD_BENCH_KAFKA:-127.0.0.1:29092}
 HTTP=${FJORD_BENCH_HTTP:-127.0.0.1:29644}
 DIR=$(mktemp -d "${FJORD_BENCH_DIR:-${TMPDIR:-/tmp}}/fjord-bench.XXXXXX")
 export FJORD_BROKERS=$GRPC
@@ -19,6 +20,7 @@ trap cleanup EXIT
 # start_broker [extra flags...]: starts the broker on $DIR/data, waits for /health.
 start_broker() {
     "$BIN/fjord-broker" --data-dir "$DIR/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+        --kafka-addr "$KAFKA" \
         "$@" 2>>"$DIR/broker.log" &
     BROKER=$!
     until curl -sf "http://$HTTP/health" >/dev/null; do

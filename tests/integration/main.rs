@@ -4,6 +4,7 @@ mod broker;
 mod cli;
 mod example;
 mod groups;
+mod kafka;
 mod storage_format;
 mod support;
 mod tidy;

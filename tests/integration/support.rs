@@ -52,6 +52,7 @@ pub struct BrokerProcess {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub kafka_addr: SocketAddr,
     /// The broker's log lines after the listening line.
     pub stderr: mpsc::Receiver<String>,
     extra_args: Vec<String>,
@@ -68,6 +69,7 @@ impl BrokerProcess {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--kafka-addr", "127.0.0.1:0"])
             .args(&extra_args)
             .env("FJORD_LOG", "info")
             .stdin(Stdio::null())
@@ -109,6 +111,7 @@ impl BrokerProcess {
         BrokerProcess {
             grpc_addr: addr("grpc_addr="),
             http_addr: addr("http_addr="),
+            kafka_addr: addr("kafka_addr="),
             child: Some(child),
             data_dir,
             stderr: rx,
@@ -250,6 +253,36 @@ pub async fn produce(
         .into_inner()
 }
 
+/// One fetch (up to 1 MiB, no wait) from `offset`, decoded: the records of the batches
+/// served (a batch may start below `offset`), and the next offset to fetch.
+pub async fn fetch_decoded(
+    client: &mut FjordClient<Channel>,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+) -> (Vec<fjord::protocol::DecodedRecord>, i64) {
+    let r = client
+        .fetch(v1::FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut records = Vec::new();
+    let mut rest = &r.records[..];
+    while !rest.is_empty() {
+        let header = fjord::protocol::BatchHeader::validate(rest).unwrap();
+        records.extend(decode_records(header.as_bytes()).unwrap());
+        rest = &rest[header.size()..];
+    }
+    (records, r.next_offset)
+}
+
 /// Every record of a partition from `from`, as (offset, key, value).
 pub async fn read_all(
     client: &mut FjordClient<Channel>,
@@ -260,37 +293,21 @@ pub async fn read_all(
     let mut out = Vec::new();
     let mut offset = from;
     loop {
-        let r = client
-            .fetch(v1::FetchRequest {
-                topic: topic.into(),
-                partition,
-                offset,
-                max_bytes: 1 << 20,
-                max_wait_ms: 0,
-                min_bytes: 0,
-            })
-            .await
-            .expect("fetch")
-            .into_inner();
-        if r.records.is_empty() {
+        let (records, next_offset) = fetch_decoded(client, topic, partition, offset).await;
+        if records.is_empty() {
             return out;
         }
-        let mut rest = &r.records[..];
-        while !rest.is_empty() {
-            let header = fjord::protocol::BatchHeader::validate(rest).unwrap();
-            for rec in decode_records(header.as_bytes()).unwrap() {
-                if rec.offset >= offset {
-                    let text = |b: bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
-                    out.push((
-                        rec.offset,
-                        rec.key.map(text),
-                        rec.value.map(text).unwrap_or_default(),
-                    ));
-                }
+        for rec in records {
+            if rec.offset >= offset {
+                let text = |b: bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+                out.push((
+                    rec.offset,
+                    rec.key.map(text),
+                    rec.value.map(text).unwrap_or_default(),
+                ));
             }
-            rest = &rest[header.size()..];
         }
-        offset = r.next_offset;
+        offset = next_offset;
     }
 }
 

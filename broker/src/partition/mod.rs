@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::storage::{AppendInfo, GroupCommit, Log, ReadLimit, ReadResult, StorageError};
@@ -23,6 +24,15 @@ pub enum Acks {
     Leader,
     /// acks=all: after the batch is fsync'd (group commit).
     All,
+}
+
+pub use fjord_protocol::OffsetSpec;
+
+/// What a produce appended, with the log start offset after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub info: AppendInfo,
+    pub log_start_offset: i64,
 }
 
 /// The flush settings of the partition's topic.
@@ -129,6 +139,44 @@ impl Partition {
         Ok(info)
     }
 
+    /// [`append`](Self::append) from async code, on a blocking thread. Offsets are
+    /// patched in place: the buffer is taken as it is when nothing else shares it, and
+    /// copied only when something does.
+    pub async fn produce(
+        self: &Arc<Self>,
+        records: Bytes,
+        acks: Acks,
+    ) -> Result<Produced, StorageError> {
+        let mut records = records
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        let partition = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let info = partition.append(&mut records, acks)?;
+            let log_start_offset = partition.log().log_start_offset();
+            Ok(Produced {
+                info,
+                log_start_offset,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// The `(offset, timestamp_ms)` that `spec` names; the timestamp is -1 for
+    /// [`OffsetSpec::Earliest`] and [`OffsetSpec::Latest`], and both are -1 when no
+    /// record is at or after the timestamp asked for. Blocking (the log lock).
+    pub fn list_offset(&self, spec: OffsetSpec) -> Result<(i64, i64), StorageError> {
+        let log = self.log();
+        Ok(match spec {
+            OffsetSpec::Earliest => (log.log_start_offset(), -1),
+            OffsetSpec::Latest => (log.high_watermark(), -1),
+            OffsetSpec::Timestamp(timestamp_ms) => {
+                log.offset_for_timestamp(timestamp_ms)?.unwrap_or((-1, -1))
+            }
+        })
+    }
+
     /// Returns once every offset below `offset` is fsync'd (group commit).
     pub fn wait_durable(&self, offset: i64) -> Result<(), StorageError> {
         self.commit.wait_durable(offset, || {
@@ -209,6 +257,12 @@ impl Partition {
             changes.wait_for(|&hw| hw > offset || self.is_deleted()),
         )
         .await;
+    }
+
+    /// A receiver that changes whenever the high watermark advances or the partition is
+    /// deleted (for long polls over several partitions).
+    pub fn high_watermark_changes(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
     }
 
     pub fn high_watermark(&self) -> i64 {

@@ -13,10 +13,11 @@ use tonic::{Request, Response, Status};
 use crate::cluster::{TopicError, TopicManager};
 use crate::group::coordinator::CoordinatorError;
 use crate::group::{GroupError, GroupState, Heartbeat, TopicPartition};
-use crate::partition::{Acks, Partition};
+use crate::partition::{Acks, OffsetSpec, Partition};
 use crate::storage::StorageError;
 
 use super::metrics::Metrics;
+use super::stopped;
 
 /// The largest `max_bytes` of one fetch.
 pub const FETCH_BYTES_MAX: u32 = crate::config::MESSAGE_BYTES_MAX as u32;
@@ -167,11 +168,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-}
-
-/// Resolves when the broker starts shutting down.
-async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|&stop| stop).await;
 }
 
 /// The largest gRPC request (Kafka's `socket.request.max.bytes` default).
@@ -326,20 +322,12 @@ impl Fjord for FjordService {
                 ))));
             }
         };
-        // Offsets are patched in place: take the request's buffer as it is when nothing
-        // else shares it, copy it only when something does.
-        let mut records = r
-            .records
-            .try_into_mut()
-            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
-        let bytes = records.len() as u64;
-        let appended = tokio::task::spawn_blocking(move || {
-            let info = partition.append(&mut records, acks)?;
-            Ok((info, partition.log().log_start_offset()))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (info, log_start_offset) = appended.map_err(|e| refuse(storage_status(e)))?;
+        let bytes = r.records.len() as u64;
+        let produced = partition
+            .produce(r.records, acks)
+            .await
+            .map_err(|e| refuse(storage_status(e)))?;
+        let (info, log_start_offset) = (produced.info, produced.log_start_offset);
         self.metrics
             .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
         Ok(Response::new(v1::ProduceResponse {
@@ -470,15 +458,13 @@ impl Fjord for FjordService {
         let offsets = blocking(move || {
             let mut offsets = Vec::new();
             for partition in partitions {
-                let log = partition.log();
-                let (offset, timestamp_ms) = match spec {
-                    v1::OffsetSpec::Earliest => (log.log_start_offset(), -1),
-                    v1::OffsetSpec::Latest => (log.high_watermark(), -1),
-                    v1::OffsetSpec::Timestamp => log
-                        .offset_for_timestamp(r.timestamp_ms)
-                        .map_err(storage_status)?
-                        .unwrap_or((-1, -1)),
+                let spec = match spec {
+                    v1::OffsetSpec::Earliest => OffsetSpec::Earliest,
+                    v1::OffsetSpec::Latest => OffsetSpec::Latest,
+                    v1::OffsetSpec::Timestamp => OffsetSpec::Timestamp(r.timestamp_ms),
                 };
+                let (offset, timestamp_ms) = partition.list_offset(spec).map_err(storage_status)?;
+                let log = partition.log();
                 offsets.push(v1::PartitionOffset {
                     partition: partition.id(),
                     offset,

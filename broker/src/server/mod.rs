@@ -2,6 +2,7 @@
 //!
 //! - [`grpc`]: the native API (`fjord.v1.Fjord`).
 //! - [`http`]: `/health` and `/metrics`.
+//! - [`kafka`]: the Kafka wire protocol.
 //! - [`metrics`]: the Prometheus metrics.
 //!
 //! [`Broker::start`] opens the topics, binds the listeners and starts the background
@@ -11,6 +12,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod kafka;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -49,6 +51,7 @@ pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 pub struct BrokerHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub kafka_addr: SocketAddr,
     topics: Arc<TopicManager>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), BrokerError>>>,
@@ -66,6 +69,11 @@ async fn bind(addr: &str) -> Result<TcpListener, BrokerError> {
             addr: addr.to_owned(),
             source,
         })
+}
+
+/// Resolves when the broker starts shutting down.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&stop| stop).await;
 }
 
 /// Runs `work` on every partition every `interval` on a blocking thread, until shutdown.
@@ -142,12 +150,28 @@ impl Broker {
         let groups = Arc::new(groups);
         let grpc_listener = bind(&config.grpc_addr).await?;
         let http_listener = bind(&config.http_addr).await?;
+        let kafka_listener = bind(&config.kafka_addr).await?;
         let grpc_addr = grpc_listener
             .local_addr()
             .map_err(|e| BrokerError::Server(e.to_string()))?;
         let http_addr = http_listener
             .local_addr()
             .map_err(|e| BrokerError::Server(e.to_string()))?;
+        let kafka_addr = kafka_listener
+            .local_addr()
+            .map_err(|e| BrokerError::Server(e.to_string()))?;
+        let advertised = config
+            .advertised_kafka_addr
+            .clone()
+            .unwrap_or_else(|| kafka_addr.to_string());
+        let (advertised_host, advertised_port) = advertised
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
+            .ok_or_else(|| ConfigError::InvalidValue {
+                key: "advertised.kafka.addr".into(),
+                value: advertised.clone(),
+                reason: "expected host:port".into(),
+            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(metrics::Metrics::default());
 
@@ -192,6 +216,16 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::Server(e.to_string()))
         });
+        let kafka_service = Arc::new(kafka::KafkaService {
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown_rx.clone(),
+            node_id: config.node_id as i32,
+            advertised_host,
+            advertised_port: i32::from(advertised_port),
+            request_bytes_max: config.socket_request_max_bytes,
+        });
+        let kafka = tokio::spawn(kafka::serve(kafka_listener, kafka_service));
         let router = http::router(http::HttpState {
             topics: topics.clone(),
             metrics,
@@ -232,13 +266,14 @@ impl Broker {
             ),
         ];
         let data_dir = config.data_dir.display();
-        tracing::info!(%grpc_addr, %http_addr, %data_dir, "fjord-broker listening");
+        tracing::info!(%grpc_addr, %http_addr, %kafka_addr, %data_dir, "fjord-broker listening");
         Ok(BrokerHandle {
             grpc_addr,
             http_addr,
+            kafka_addr,
             topics,
             shutdown,
-            servers: vec![grpc, http],
+            servers: vec![grpc, http, kafka],
             background,
             cleaner: Some(cleaner_handle),
         })

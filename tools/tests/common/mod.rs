@@ -63,6 +63,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--grpc-addr", grpc_addr, "--http-addr", "127.0.0.1:0"])
+            .args(["--kafka-addr", "127.0.0.1:0"])
             .env("FJORD_LOG", "info")
             .env_remove("FJORD_CONFIG")
             .stdin(Stdio::null())

@@ -1,0 +1,358 @@
+//! The Kafka wire-protocol listener, so that Kafka clients work unchanged.
+//!
+//! - [`serve`]: the accept loop (a semaphore on connections; stops on shutdown).
+//! - `Connection` handling: 4-byte big-endian size-prefixed frames, one request at a time
+//!   per connection (as Kafka, which mutes a channel until its response is sent), so
+//!   responses go out in request order.
+//! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
+//!   [`list_offsets`].
+//!
+//! Every codec is the `kafka-protocol` crate's. A frame that cannot be served (a
+//! negative or oversized length, a truncated or undecodable body, an unknown API key or
+//! an unsupported version) closes its connection with a log line; ApiVersions at an
+//! unsupported version is answered with UNSUPPORTED_VERSION, as Kafka does, so the
+//! client can retry with a version from the list.
+
+pub mod api_versions;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::cluster::{TopicError, TopicManager};
+use crate::partition::Partition;
+use crate::storage::StorageError;
+
+use super::metrics::Metrics;
+use super::{BrokerError, stopped};
+
+/// The most Kafka connections served at once; more wait in the accept backlog.
+pub const CONNECTIONS_MAX: usize = 4096;
+
+/// What a frame is read into at first; it grows as its bytes arrive, so a peer that
+/// declares a large frame and sends nothing holds little memory.
+const FRAME_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a connection is closed.
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame size {size} is negative or over socket.request.max.bytes ({max})")]
+    FrameSize { size: i32, max: usize },
+    #[error("the connection ended inside a frame")]
+    Truncated,
+    #[error("a frame of {0} bytes is too short for a request header")]
+    ShortFrame(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("API {api:?} is not supported")]
+    UnsupportedApi { api: ApiKey },
+    #[error("{api:?} version {version} is not supported (supported: {min}-{max})")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        min: i16,
+        max: i16,
+    },
+    #[error("cannot decode {api:?} v{version}: {reason}")]
+    Decode {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("cannot encode the {api:?} response: {reason}")]
+    Encode { api: ApiKey, reason: String },
+}
+
+/// The state every Kafka connection shares.
+pub struct KafkaService {
+    pub topics: Arc<TopicManager>,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the broker shuts down: connections close after the request in
+    /// hand, and long polls return at once.
+    pub shutdown: watch::Receiver<bool>,
+    /// This broker's id: the leader of every partition, and the controller.
+    pub node_id: i32,
+    /// What Metadata tells clients to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    /// socket.request.max.bytes.
+    pub request_bytes_max: usize,
+}
+
+/// Accepts Kafka connections until shutdown, then waits for the open ones to finish the
+/// request in hand.
+pub async fn serve(listener: TcpListener, service: Arc<KafkaService>) -> Result<(), BrokerError> {
+    let mut shutdown = service.shutdown.clone();
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a Kafka connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(stream, &service).await {
+                tracing::warn!(%peer, error = %e, "closing Kafka connection");
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves one connection until the peer closes it, a frame cannot be served, or shutdown.
+async fn connection(mut stream: TcpStream, service: &KafkaService) -> Result<(), KafkaError> {
+    let mut shutdown = service.shutdown.clone();
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut stream, service.request_bytes_max) => frame?,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        if let Some(response) = service.handle(frame).await? {
+            stream.write_all(&response).await?;
+        }
+    }
+}
+
+/// Reads one size-prefixed frame; `None` when the peer closed the connection between
+/// frames.
+async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Option<Bytes>, KafkaError> {
+    let mut size = [0u8; 4];
+    match stream.read_exact(&mut size).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(size);
+    if size < 0 || size as usize > max {
+        return Err(KafkaError::FrameSize { size, max });
+    }
+    let size = size as usize;
+    let mut frame = BytesMut::with_capacity(size.min(FRAME_CHUNK_BYTES));
+    while frame.len() < size {
+        let want = (size - frame.len()).min(FRAME_CHUNK_BYTES);
+        frame.reserve(want);
+        let read = stream.read_buf(&mut (&mut frame).limit(want)).await?;
+        if read == 0 {
+            return Err(KafkaError::Truncated);
+        }
+    }
+    Ok(Some(frame.freeze()))
+}
+
+/// The APIs this listener serves, with the versions it advertises in ApiVersions.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+];
+
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(key, _, _)| *key == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+impl KafkaService {
+    /// Decodes one request frame, serves it, and returns the encoded response frame
+    /// (`None` for acks=0 produces, which get none).
+    async fn handle(&self, mut frame: Bytes) -> Result<Option<BytesMut>, KafkaError> {
+        if frame.len() < 8 {
+            return Err(KafkaError::ShortFrame(frame.len()));
+        }
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let api = ApiKey::try_from(key).map_err(|()| KafkaError::UnknownApiKey(key))?;
+        let (min, max) = supported(api).ok_or(KafkaError::UnsupportedApi { api })?;
+        if !(min..=max).contains(&version) {
+            if api == ApiKey::ApiVersions {
+                tracing::info!(version, "ApiVersions at an unsupported version");
+                let response = api_versions::unsupported_version();
+                return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response))
+                    .map(Some);
+            }
+            return Err(KafkaError::UnsupportedVersion {
+                api,
+                version,
+                min,
+                max,
+            });
+        }
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(decode_error(api, version))?;
+        let request =
+            RequestKind::decode(api, &mut frame, version).map_err(decode_error(api, version))?;
+        let response = match request {
+            RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions::handle())),
+            RequestKind::Metadata(r) => Some(ResponseKind::Metadata(self.metadata(r, version))),
+            RequestKind::Produce(r) => self.produce(r).await.map(ResponseKind::Produce),
+            RequestKind::Fetch(r) => Some(ResponseKind::Fetch(self.fetch(r).await)),
+            RequestKind::ListOffsets(r) => {
+                Some(ResponseKind::ListOffsets(self.list_offsets(r).await))
+            }
+            _ => return Err(KafkaError::UnsupportedApi { api }),
+        };
+        match response {
+            Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn decode_error<E: std::fmt::Display>(api: ApiKey, version: i16) -> impl Fn(E) -> KafkaError {
+    move |e| KafkaError::Decode {
+        api,
+        version,
+        reason: format!("{e:#}"),
+    }
+}
+
+fn encode_error<E: std::fmt::Display>(api: ApiKey) -> impl Fn(E) -> KafkaError {
+    move |e| KafkaError::Encode {
+        api,
+        reason: format!("{e:#}"),
+    }
+}
+
+/// A size-prefixed response frame: the header at the version the API's version calls
+/// for, then the body.
+fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<BytesMut, KafkaError> {
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut frame, api.response_header_version(version))
+        .map_err(encode_error(api))?;
+    response
+        .encode(&mut frame, version)
+        .map_err(encode_error(api))?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(frame)
+}
+
+/// The Kafka error code of a storage error.
+pub fn storage_error_code(e: &StorageError) -> i16 {
+    let error = match e {
+        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
+        StorageError::InvalidBatch { .. } => ResponseError::CorruptMessage,
+        StorageError::LogOffline { .. } | StorageError::Io { .. } => {
+            ResponseError::KafkaStorageError
+        }
+        _ => return -1, // UNKNOWN_SERVER_ERROR
+    };
+    error.code()
+}
+
+/// The Kafka error code of a topic lookup error.
+pub fn topic_error_code(e: &TopicError) -> i16 {
+    match e {
+        TopicError::UnknownTopic(_) | TopicError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
+        TopicError::InvalidName { .. } => ResponseError::InvalidTopicException.code(),
+        TopicError::Storage(e) => storage_error_code(e),
+        _ => -1,
+    }
+}
+
+impl KafkaService {
+    /// The partition a request names, or the Kafka error code of why there is none.
+    fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, i16> {
+        let index =
+            u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
+        self.topics
+            .partition(topic, index)
+            .map_err(|e| topic_error_code(&e))
+    }
+}
+
+/// A topic's id in Metadata v10+: stable, derived from its name (Fjord does not store
+/// topic ids yet), never the zero UUID.
+pub fn topic_id(name: &str) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+        let crc = crc32c::crc32c_append(i as u32 + 1, name.as_bytes());
+        chunk.copy_from_slice(&crc.to_be_bytes());
+    }
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_ids_are_stable_distinct_and_never_zero() {
+        assert_eq!(topic_id("orders"), topic_id("orders"));
+        assert_ne!(topic_id("orders"), topic_id("payments"));
+        assert!(!topic_id("").is_nil());
+    }
+
+    #[test]
+    fn every_advertised_version_is_one_the_codecs_know() {
+        for &(api, min, max) in SUPPORTED {
+            let known = api.valid_versions();
+            assert!(known.min <= min && max <= known.max, "{api:?} {min}-{max}");
+        }
+    }
+
+    #[test]
+    fn storage_errors_map_to_kafka_codes() {
+        let out_of_range = StorageError::OffsetOutOfRange {
+            offset: 9,
+            log_start_offset: 0,
+            log_end_offset: 5,
+        };
+        assert_eq!(storage_error_code(&out_of_range), 1);
+        let too_large = StorageError::BatchTooLarge { size: 2, limit: 1 };
+        assert_eq!(storage_error_code(&too_large), 10);
+        let unknown = TopicError::UnknownTopic("t".into());
+        assert_eq!(topic_error_code(&unknown), 3);
+    }
+}

@@ -1,0 +1,552 @@
+//! The Kafka listener against a real Kafka client (librdkafka, through `rdkafka`) and
+//! raw frames: metadata, produce with lz4 and zstd, fetch, list offsets, records crossing
+//! between the Kafka and the gRPC API, and malformed input.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::support::{BrokerProcess, fjord_ok};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create_topic(broker: &BrokerProcess, name: &str, partitions: u32) {
+    let partitions = partitions.to_string();
+    fjord_ok(
+        broker,
+        &["topic", "create", name, "--partitions", &partitions],
+        b"",
+    );
+}
+
+fn producer(broker: &BrokerProcess, compression: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_addr.to_string())
+        .set("acks", "all")
+        // InitProducerId is not served yet.
+        .set("enable.idempotence", "false")
+        // Kafka's Java partitioner (librdkafka's default is CRC-32 based).
+        .set("partitioner", "murmur2_random")
+        .set("compression.type", compression)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("create producer")
+}
+
+fn consumer(broker: &BrokerProcess) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_addr.to_string())
+        // assign() only: no group is joined and nothing is committed.
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("create consumer")
+}
+
+/// A record as a client sees it: (key, value, headers).
+type Seen = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+/// Reads `count` records from the beginning of every partition of `topic`; per partition,
+/// the records in offset order.
+fn consume(
+    broker: &BrokerProcess,
+    topic: &str,
+    partitions: u32,
+    count: usize,
+) -> BTreeMap<i32, Vec<(i64, Seen)>> {
+    let consumer = consumer(broker);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out: BTreeMap<i32, Vec<(i64, Seen)>> = BTreeMap::new();
+    let mut seen = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while seen < count {
+        assert!(
+            Instant::now() < deadline,
+            "read {seen} of {count} records of {topic}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.expect("consume");
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.entry(message.partition()).or_default().push((
+            message.offset(),
+            (
+                message.key().map(<[u8]>::to_vec),
+                message.payload().map(<[u8]>::to_vec),
+                headers,
+            ),
+        ));
+        seen += 1;
+    }
+    out
+}
+
+#[test]
+fn rdkafka_metadata_lists_the_topics_and_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "orders", 4);
+    create_topic(&broker, "payments", 1);
+    let consumer = consumer(&broker);
+    let metadata = consumer.fetch_metadata(None, TIMEOUT).expect("metadata");
+    assert_eq!(metadata.brokers().len(), 1);
+    assert_eq!(metadata.brokers()[0].id(), 0);
+    assert_eq!(
+        metadata.brokers()[0].port() as u16,
+        broker.kafka_addr.port()
+    );
+    let topics: BTreeMap<&str, Vec<i32>> = metadata
+        .topics()
+        .iter()
+        .map(|t| {
+            assert!(t.error().is_none(), "{}: {:?}", t.name(), t.error());
+            let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            for p in t.partitions() {
+                assert_eq!(p.leader(), 0);
+                assert_eq!(p.replicas(), &[0]);
+                assert_eq!(p.isr(), &[0]);
+            }
+            partitions.sort();
+            (t.name(), partitions)
+        })
+        .collect();
+    assert_eq!(topics.get("orders"), Some(&vec![0, 1, 2, 3]));
+    assert_eq!(topics.get("payments"), Some(&vec![0]));
+
+    // One topic by name, and one that does not exist (and is not created by the lookup).
+    let one = consumer
+        .fetch_metadata(Some("orders"), TIMEOUT)
+        .expect("metadata");
+    assert_eq!(one.topics().len(), 1);
+    assert_eq!(one.topics()[0].partitions().len(), 4);
+    let missing = consumer
+        .fetch_metadata(Some("nope"), TIMEOUT)
+        .expect("metadata");
+    assert!(missing.topics()[0].error().is_some());
+    let listed = fjord_ok(&broker, &["topic", "list"], b"");
+    assert!(!listed.contains("nope"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rdkafka_produces_lz4_and_zstd_and_reads_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    for compression in ["lz4", "zstd"] {
+        let topic = format!("events-{compression}");
+        create_topic(&broker, &topic, 4);
+        let producer = producer(&broker, compression);
+        let records: Vec<(String, String, OwnedHeaders)> = (0..2_000)
+            .map(|i| {
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "seq",
+                        value: Some(&i.to_string()),
+                    })
+                    .insert(Header {
+                        key: "empty",
+                        value: None::<&[u8]>,
+                    });
+                (format!("key-{}", i % 97), format!("value-{i}"), headers)
+            })
+            .collect();
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|(key, value, headers)| {
+                let record = FutureRecord::to(&topic)
+                    .key(key)
+                    .payload(value)
+                    .headers(headers.clone());
+                match producer.send_result(record) {
+                    Ok(delivery) => delivery,
+                    Err((e, _)) => panic!("queue record: {e}"),
+                }
+            })
+            .collect();
+        let mut placed = BTreeMap::new();
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            let delivered = delivery.await.expect("delivery").expect("produce");
+            placed.insert(i, (delivered.partition, delivered.offset));
+        }
+
+        let read = consume(&broker, &topic, 4, records.len());
+        let mut total = 0;
+        for (partition, messages) in &read {
+            let offsets: Vec<i64> = messages.iter().map(|(o, _)| *o).collect();
+            let expected: Vec<i64> = (0..messages.len() as i64).collect();
+            assert_eq!(offsets, expected, "{compression}: partition {partition}");
+            total += messages.len();
+        }
+        assert_eq!(total, records.len());
+        for (i, (key, value, _)) in records.iter().enumerate() {
+            let (partition, offset) = placed[&i];
+            let (_, (k, v, h)) = &read[&partition][offset as usize];
+            assert_eq!(k.as_deref(), Some(key.as_bytes()));
+            assert_eq!(v.as_deref(), Some(value.as_bytes()));
+            let seq = i.to_string().into_bytes();
+            assert_eq!(
+                h,
+                &vec![("seq".to_owned(), Some(seq)), ("empty".to_owned(), None)]
+            );
+            let murmur2 = fjord::client::partition_for_key(key.as_bytes(), 4);
+            assert_eq!(partition, murmur2 as i32, "{key} on murmur2's partition");
+        }
+    }
+}
+
+#[test]
+fn records_cross_between_the_fjord_cli_and_rdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "from-fjord", 2);
+    let lines: String = (0..200).map(|i| format!("k{i}=v {i} ünïcode\n")).collect();
+    fjord_ok(
+        &broker,
+        &["produce", "from-fjord", "--key-separator", "="],
+        lines.as_bytes(),
+    );
+    let read = consume(&broker, "from-fjord", 2, 200);
+    let mut got = BTreeMap::new();
+    for (partition, messages) in &read {
+        for (_, (key, value, headers)) in messages {
+            let key = String::from_utf8(key.clone().unwrap()).unwrap();
+            let murmur2 = fjord::client::partition_for_key(key.as_bytes(), 2);
+            assert_eq!(*partition, murmur2 as i32, "{key}");
+            assert!(headers.is_empty());
+            got.insert(key, String::from_utf8(value.clone().unwrap()).unwrap());
+        }
+    }
+    for i in 0..200 {
+        assert_eq!(got[&format!("k{i}")], format!("v {i} ünïcode"));
+    }
+
+    create_topic(&broker, "from-kafka", 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let producer = producer(&broker, "none");
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let value = format!("v {i}");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some(&[i as u8, 0xff][..]),
+            });
+            producer
+                .send(
+                    FutureRecord::to("from-kafka")
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+        // The batches as the gRPC API serves them: the same records and headers.
+        let mut client = broker.client().await;
+        let (decoded, _) = crate::support::fetch_decoded(&mut client, "from-kafka", 0, 0).await;
+        assert_eq!(decoded.len(), 100, "one fetch of 1 MiB holds them all");
+        for (i, record) in decoded.iter().enumerate() {
+            assert_eq!(record.offset, i as i64);
+            assert_eq!(record.key.as_deref(), Some(format!("k{i}").as_bytes()));
+            assert_eq!(record.value.as_deref(), Some(format!("v {i}").as_bytes()));
+            let trace = record.headers[0].1.as_deref();
+            assert_eq!(record.headers.len(), 1);
+            assert_eq!(record.headers[0].0, "trace");
+            assert_eq!(trace, Some(&[i as u8, 0xff][..]));
+        }
+    });
+    let out = fjord_ok(
+        &broker,
+        &[
+            "consume",
+            "from-kafka",
+            "--from-beginning",
+            "--print-offset",
+            "--print-key",
+        ],
+        b"",
+    );
+    let expected: String = (0..100).map(|i| format!("{i}\tk{i}\tv {i}\n")).collect();
+    assert_eq!(out, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_offsets_agree_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "clock", 1);
+    let producer = producer(&broker, "none");
+    let base = 1_700_000_000_000i64;
+    for i in 0..10i64 {
+        producer
+            .send(
+                FutureRecord::to("clock")
+                    .key("k")
+                    .payload("v")
+                    .timestamp(base + i * 1000),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let consumer = consumer(&broker);
+    let (low, high) = consumer.fetch_watermarks("clock", 0, TIMEOUT).unwrap();
+    assert_eq!((low, high), (0, 10));
+    let (low, high) = consumer
+        .fetch_watermarks("nope", 0, TIMEOUT)
+        .map_or((-1, -1), |w| w);
+    assert_eq!((low, high), (-1, -1), "an unknown topic has no watermarks");
+
+    let lookups = [
+        (base - 1, Offset::Offset(0)),
+        (base + 3_500, Offset::Offset(4)),
+        (base + 9_000, Offset::Offset(9)),
+        (base + 60_000, Offset::End),
+    ];
+    for (ts, expected) in lookups {
+        let mut times = TopicPartitionList::new();
+        times
+            .add_partition_offset("clock", 0, Offset::Offset(ts))
+            .unwrap();
+        let found = consumer.offsets_for_times(times, TIMEOUT).unwrap();
+        let offset = found.find_partition("clock", 0).unwrap().offset();
+        assert_eq!(offset, expected, "timestamp {ts}");
+    }
+}
+
+/// A raw Kafka connection to the broker.
+fn connect(broker: &BrokerProcess) -> TcpStream {
+    let stream = TcpStream::connect(broker.kafka_addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// ApiVersions v`version` (0-2, whose body is empty, or one from the future) with
+/// correlation id 7, as a size-prefixed frame.
+fn api_versions_frame(version: i16) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // client id: null
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Reads one response frame: (correlation id, the rest).
+fn read_response(stream: &mut TcpStream) -> (i32, Vec<u8>) {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).unwrap();
+    let correlation_id = i32::from_be_bytes(body[..4].try_into().unwrap());
+    (correlation_id, body[4..].to_vec())
+}
+
+/// Whether the broker closed the connection (instead of answering).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+#[test]
+fn malformed_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "still-works", 1);
+
+    // A connection that stays open across the bad ones, and keeps being answered.
+    let mut good = connect(&broker);
+    let mut check_good = || {
+        good.write_all(&api_versions_frame(2)).unwrap();
+        let (correlation_id, body) = read_response(&mut good);
+        assert_eq!(correlation_id, 7);
+        assert_eq!(&body[..2], &0i16.to_be_bytes(), "ApiVersions error code");
+    };
+    check_good();
+
+    let mut unknown_key = 9_999i16.to_be_bytes().to_vec();
+    unknown_key.extend_from_slice(&[0, 0, 0, 0, 0, 7, 0xff, 0xff]);
+    let mut truncated_header = 3i16.to_be_bytes().to_vec();
+    truncated_header.extend_from_slice(&[0, 9, 0]);
+    // Metadata v9 (flexible) whose topic array claims more bytes than follow.
+    let mut truncated_body = 3i16.to_be_bytes().to_vec();
+    truncated_body.extend_from_slice(&9i16.to_be_bytes());
+    truncated_body.extend_from_slice(&1i32.to_be_bytes());
+    truncated_body.extend_from_slice(&[0xff, 0xff, 0, 3, 5, b'a']);
+    let sized = |body: &[u8]| {
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    };
+    let bad_frames: Vec<(&str, Vec<u8>)> = vec![
+        ("a negative length", (-5i32).to_be_bytes().to_vec()),
+        ("an oversized length", (200i32 << 20).to_be_bytes().to_vec()),
+        (
+            "garbage",
+            sized(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05]),
+        ),
+        (
+            "a Produce with a garbage body",
+            sized(&{
+                let mut v = vec![0, 0, 0, 3, 0, 0, 0, 7, 0xff, 0xff];
+                v.extend(std::iter::repeat_n(0x7f, 64));
+                v
+            }),
+        ),
+        ("a short header", sized(&truncated_header)),
+        ("a truncated body", sized(&truncated_body)),
+        ("an unknown API key", sized(&unknown_key)),
+        (
+            "a Metadata version never advertised",
+            sized(&{
+                let mut v = 3i16.to_be_bytes().to_vec();
+                v.extend_from_slice(&99i16.to_be_bytes());
+                v.extend_from_slice(&[0, 0, 0, 7]);
+                v
+            }),
+        ),
+    ];
+    for (what, frame) in bad_frames {
+        let mut bad = connect(&broker);
+        bad.write_all(&frame).unwrap();
+        assert!(
+            closed(&mut bad),
+            "the broker closes the connection after {what}"
+        );
+        check_good();
+    }
+
+    // A frame cut off by the client closing its side.
+    let mut cut = connect(&broker);
+    cut.write_all(&100i32.to_be_bytes()).unwrap();
+    cut.write_all(&[0, 18, 0, 3]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed(&mut cut));
+
+    // ApiVersions at a version from the future: UNSUPPORTED_VERSION (35) with the list,
+    // at version 0, as Kafka answers.
+    let mut future = connect(&broker);
+    future.write_all(&api_versions_frame(42)).unwrap();
+    let (correlation_id, body) = read_response(&mut future);
+    assert_eq!(correlation_id, 7);
+    assert_eq!(&body[..2], &35i16.to_be_bytes());
+    let count = i32::from_be_bytes(body[2..6].try_into().unwrap());
+    assert!(count >= 5, "the supported APIs are listed");
+
+    check_good();
+    // The other APIs still work too.
+    let (_, stdout, _) = crate::support::fjord(&broker, &["topic", "list"], b"");
+    assert!(stdout.contains("still-works"), "{stdout}");
+    let consumer = consumer(&broker);
+    let (low, high) = consumer
+        .fetch_watermarks("still-works", 0, TIMEOUT)
+        .unwrap();
+    assert_eq!((low, high), (0, 0));
+}
+
+#[test]
+fn a_long_poll_is_woken_by_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "tail", 2);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_addr.to_string())
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        // Far longer than the test waits: only an append can answer the fetch in time.
+        .set("fetch.wait.max.ms", "20000")
+        .set("socket.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..2 {
+        assignment
+            .add_partition_offset("tail", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    // Let the first (empty) fetch start waiting.
+    assert!(consumer.poll(Duration::from_millis(500)).is_none());
+    let start = Instant::now();
+    fjord_ok(
+        &broker,
+        &["produce", "tail", "--partition", "1"],
+        b"hello\n",
+    );
+    let message = loop {
+        assert!(start.elapsed() < TIMEOUT, "no record");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            break message.unwrap().detach();
+        }
+    };
+    assert_eq!(message.payload(), Some(&b"hello"[..]));
+    assert_eq!(message.partition(), 1);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the long poll was answered by the append, not its 20 s wait ({:?})",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn metadata_advertises_the_configured_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &["--advertised-kafka-addr", "kafka.example.com:19092"],
+    );
+    let mut stream = connect(&broker);
+    // Metadata v0, no topics (= all).
+    let mut body = 3i16.to_be_bytes().to_vec();
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&0i32.to_be_bytes());
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).unwrap();
+    let (correlation_id, body) = read_response(&mut stream);
+    assert_eq!(correlation_id, 7);
+    let brokers = i32::from_be_bytes(body[0..4].try_into().unwrap());
+    let node_id = i32::from_be_bytes(body[4..8].try_into().unwrap());
+    let host_len = i16::from_be_bytes(body[8..10].try_into().unwrap()) as usize;
+    let host = std::str::from_utf8(&body[10..10 + host_len]).unwrap();
+    let at = 10 + host_len;
+    let port = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        (brokers, node_id, host, port),
+        (1, 0, "kafka.example.com", 19092)
+    );
+}
