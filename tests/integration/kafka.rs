@@ -550,3 +550,42 @@ fn metadata_advertises_the_configured_address() {
         (1, 0, "kafka.example.com", 19092)
     );
 }
+
+#[test]
+fn a_frame_declaring_billions_of_elements_does_not_abort_the_broker() {
+    // A 22-byte Produce v3 whose topic array claims 2^31 - 1 entries: kafka-protocol
+    // 0.18 reserved that many up front and the failed allocation aborted the process
+    // (vendor/kafka-protocol/FJORD-PATCH.md). Now the decode fails on the missing bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    for version in [3i16, 9] {
+        let mut body = 0i16.to_be_bytes().to_vec(); // Produce
+        body.extend_from_slice(&version.to_be_bytes());
+        body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+        body.extend_from_slice(&(-1i16).to_be_bytes()); // client id: null
+        if version >= 9 {
+            body.push(0); // header tagged fields
+            body.push(0); // transactional id: null (compact)
+        } else {
+            body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+        }
+        body.extend_from_slice(&1i16.to_be_bytes()); // acks
+        body.extend_from_slice(&30_000i32.to_be_bytes()); // timeout
+        if version >= 9 {
+            body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07]); // 2^31 - 1 + 1, varint
+        } else {
+            body.extend_from_slice(&i32::MAX.to_be_bytes());
+        }
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let mut bad = connect(&broker);
+        bad.write_all(&frame).unwrap();
+        assert!(closed(&mut bad), "v{version}: closed, not answered");
+    }
+    // Still serving, on both listeners.
+    let mut good = connect(&broker);
+    good.write_all(&api_versions_frame(2)).unwrap();
+    assert_eq!(read_response(&mut good).0, 7);
+    let (ok, _, stderr) = crate::support::fjord(&broker, &["topic", "list"], b"");
+    assert!(ok, "{stderr}");
+}
