@@ -589,3 +589,39 @@ fn a_frame_declaring_billions_of_elements_does_not_abort_the_broker() {
     let (ok, _, stderr) = crate::support::fjord(&broker, &["topic", "list"], b"");
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "w5", 1);
+    let out = std::process::Command::new(crate::support::example("kafka_perf_produce"))
+        .args([
+            "--bootstrap",
+            &broker.kafka_addr.to_string(),
+            "--topic",
+            "w5",
+        ])
+        .args([
+            "--num-records",
+            "2000",
+            "--record-size",
+            "100",
+            "--acks",
+            "all",
+        ])
+        .output()
+        .expect("run kafka_perf_produce");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("2000 records sent, ") && stdout.contains(" ms 99.9th"),
+        "{stdout}"
+    );
+    let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
+    assert_eq!(offsets.trim(), "0 0 2000", "every record is in the log");
+}

@@ -1,0 +1,136 @@
+//! W5 of docs/BENCHMARKS.md: W1 through Fjord's Kafka listener with librdkafka, the way
+//! `kafka-producer-perf-test` measures a producer: N records of B bytes (null keys) sent
+//! as fast as the producer takes them, each one's acknowledgement latency recorded.
+//!
+//! ```sh
+//! cargo build --release --example kafka_perf_produce
+//! target/release/examples/kafka_perf_produce --bootstrap 127.0.0.1:9092 --topic perf \
+//!     --num-records 500000 --record-size 1024 --acks 1
+//! ```
+//!
+//! The topic must exist (`fjord topic create perf`). Idempotence is off: the listener does
+//! not serve InitProducerId yet.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+#[derive(Parser)]
+#[command(about = "librdkafka producer throughput against a Kafka listener (W5)")]
+struct Args {
+    /// The Kafka listener.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 500_000)]
+    num_records: u64,
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    acks: String,
+    /// librdkafka's batch.size.
+    #[arg(long, default_value_t = 16_384)]
+    batch_bytes: usize,
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+}
+
+/// Per-record outcomes, filled by librdkafka's delivery callbacks.
+#[derive(Default)]
+struct Outcomes {
+    latencies_us: Vec<u64>,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+struct Context(Arc<Mutex<Outcomes>>);
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    /// When the record was handed to the producer.
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        let mut outcomes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => outcomes
+                .latencies_us
+                .push(sent.elapsed().as_micros() as u64),
+            Err((e, _)) => {
+                outcomes.failed += 1;
+                outcomes.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let producer: ThreadedProducer<Context> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("acks", &args.acks)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", args.linger_ms.to_string())
+        .set("batch.size", args.batch_bytes.to_string())
+        .set("queue.buffering.max.kbytes", (32 * 1024).to_string())
+        .create_with_context(Context(outcomes.clone()))?;
+    let value = vec![b'x'; args.record_size];
+    let start = Instant::now();
+    for _ in 0..args.num_records {
+        let mut opaque = Box::new(Instant::now());
+        loop {
+            let record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&args.topic, opaque)
+                .payload(&value[..]);
+            match producer.send(record) {
+                Ok(()) => break,
+                // The local queue is full: wait for deliveries to make room.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    opaque = back.delivery_opaque;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = &outcomes.first_error {
+        return Err(format!("{} records failed, the first with: {e}", outcomes.failed).into());
+    }
+    let sent = outcomes.latencies_us.len() as f64;
+    outcomes.latencies_us.sort_unstable();
+    let lat = &outcomes.latencies_us;
+    let avg = lat.iter().sum::<u64>() as f64 / sent.max(1.0) / 1000.0;
+    println!(
+        "{} records sent, {:.1} records/sec ({:.2} MB/sec), {avg:.2} ms avg latency, \
+         {:.2} ms 50th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max latency.",
+        lat.len(),
+        sent / elapsed,
+        sent * args.record_size as f64 / elapsed / 1e6,
+        percentile(lat, 0.5),
+        percentile(lat, 0.99),
+        percentile(lat, 0.999),
+        percentile(lat, 1.0),
+    );
+    Ok(())
+}
