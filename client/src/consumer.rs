@@ -260,23 +260,26 @@ impl Consumer {
         self.commit_offsets(&offsets).await
     }
 
-    /// Leaves the group (committing first with auto-commit on), so its partitions move
-    /// to the other members at once. Without a group: nothing to do.
+    /// Leaves the group, so its partitions move to the other members at once: first
+    /// `on_revoked` for every owned partition, then (with auto-commit on) a commit.
+    /// Without a group: nothing to do.
     pub async fn close(mut self) -> Result<()> {
         if self.group.is_none() {
             return Ok(());
         }
-        let committed = if self.config.enable_auto_commit {
-            self.commit().await
-        } else {
-            Ok(())
-        };
+        // As on a rebalance: the callback first (the caller flushes what it built), then
+        // the commit, so nothing is committed that was not flushed.
         let owned = self.assignment();
         if !owned.is_empty()
             && let Some(listener) = &mut self.listener
         {
             listener.on_revoked(&owned);
         }
+        let committed = if self.config.enable_auto_commit {
+            self.commit().await
+        } else {
+            Ok(())
+        };
         let left = match &self.group {
             Some(group) => group.leave().await,
             None => Ok(()),

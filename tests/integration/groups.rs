@@ -580,7 +580,17 @@ async fn a_group_consumer_calls_back_on_rebalance_and_commits_what_it_gives_up()
         "{refused:?}"
     );
 
+    let kept: Vec<String> = a
+        .assignment()
+        .iter()
+        .map(|tp| tp.partition.to_string())
+        .collect();
     a.close().await.unwrap();
+    assert_eq!(
+        events_a.lock().unwrap().last(),
+        Some(&format!("revoked:{}", kept.join(","))),
+        "close calls back before it commits and leaves"
+    );
     b.close().await.unwrap();
     let d = admin.describe_group("cb").await.unwrap();
     assert_eq!(d.state, "EMPTY");

@@ -174,6 +174,25 @@ fn corruption_below_the_recovery_point_is_reported_with_its_path() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
 
+/// A log of 40 one-record batches spread over several segments.
+fn forty_records_over_several_segments(dir: &Path, clock: &ManualClock) -> Log {
+    let mut log = open(dir, config(), clock);
+    for i in 0..40 {
+        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
+            .unwrap();
+    }
+    assert!(log.segments().len() > 3);
+    log
+}
+
+/// Flips a CRC-covered byte of the first batch of segment 0.
+fn damage_first_segment(dir: &Path) {
+    let path = segment_file(dir, 0, LOG_SUFFIX, "");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[CRC_AT + 30] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
 #[test]
 fn a_clean_open_does_not_scan_the_data() {
     // Restart time after a clean shutdown must not grow with the data: the open reads only
@@ -181,18 +200,10 @@ fn a_clean_open_does_not_scan_the_data() {
     // segment is not even looked at.
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
-    let mut log = open(dir.path(), config(), &clock);
-    for i in 0..40 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
-            .unwrap();
-    }
-    assert!(log.segments().len() > 3);
+    let log = forty_records_over_several_segments(dir.path(), &clock);
     log.close().unwrap();
     assert!(dir.path().join(CLEAN_SHUTDOWN_MARKER).exists());
-    let path = segment_file(dir.path(), 0, LOG_SUFFIX, "");
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[CRC_AT + 30] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    damage_first_segment(dir.path());
     let log = open(dir.path(), config(), &clock);
     assert_eq!(log.log_end_offset(), 40);
     assert!(
@@ -212,17 +223,9 @@ fn a_roll_checkpoints_the_recovery_point_so_a_crash_scans_only_the_last_segment(
     // the periodic checkpoint. Proof: corruption in a sealed segment is not looked at.
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
-    let mut log = open(dir.path(), config(), &clock);
-    for i in 0..40 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
-            .unwrap();
-    }
-    assert!(log.segments().len() > 3);
+    let log = forty_records_over_several_segments(dir.path(), &clock);
     drop(log); // a crash: no close, no periodic checkpoint
-    let path = segment_file(dir.path(), 0, LOG_SUFFIX, "");
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[CRC_AT + 30] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    damage_first_segment(dir.path());
     let log = open(dir.path(), config(), &clock);
     assert_eq!(log.log_end_offset(), 40, "the sealed segments were trusted");
     drop(log);
