@@ -175,6 +175,14 @@ pub struct BrokerConfig {
     /// The server-side assignor of consumer groups: range or uniform.
     #[arg(long, env = "FJORD_GROUP_CONSUMER_ASSIGNOR", default_value = "range")]
     pub group_consumer_assignor: String,
+    /// How long an empty group of Kafka clients (classic protocol) waits for more
+    /// members before its first generation (Kafka's group.initial.rebalance.delay.ms).
+    #[arg(
+        long,
+        env = "FJORD_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 3_000
+    )]
+    pub group_initial_rebalance_delay_ms: i64,
     /// How often the flush.ms policy is checked.
     #[arg(
         long,

@@ -2,7 +2,7 @@
 //! raw frames: metadata, produce with lz4 and zstd, fetch, list offsets, records crossing
 //! between the Kafka and the gRPC API, and malformed input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -624,4 +624,231 @@ fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
     );
     let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
     assert_eq!(offsets.trim(), "0 0 2000", "every record is in the log");
+}
+
+/// A member of a librdkafka consumer group, run on its own thread: reads, commits every
+/// 250 records and whenever it is idle, and records every (partition, offset) it sees.
+struct GroupMember {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeSet<(String, i32)>>,
+}
+
+type SeenOffsets = std::sync::Arc<std::sync::Mutex<BTreeSet<(i32, i64)>>>;
+
+fn group_member(
+    broker: &BrokerProcess,
+    group: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+    seen: SeenOffsets,
+    assigned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    commit_barrier: std::sync::Arc<std::sync::Barrier>,
+) -> GroupMember {
+    use rdkafka::consumer::CommitMode;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker.kafka_addr.to_string())
+        .set("group.id", group)
+        .set("client.id", name)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("fetch.wait.max.ms", "100")
+        .set("reconnect.backoff.max.ms", "200");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().expect("create group consumer");
+    consumer.subscribe(&["events"]).expect("subscribe");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut uncommitted = 0;
+        let mut counted = false;
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            if !counted && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                counted = true;
+                assigned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    seen.lock()
+                        .unwrap()
+                        .insert((message.partition(), message.offset()));
+                    uncommitted += 1;
+                    if uncommitted >= 250
+                        && consumer.commit_consumer_state(CommitMode::Sync).is_ok()
+                    {
+                        uncommitted = 0;
+                    }
+                }
+                // Errors while the broker restarts: librdkafka reconnects on its own.
+                Some(Err(_)) => {}
+                None => {
+                    if uncommitted > 0 && consumer.commit_consumer_state(CommitMode::Sync).is_ok() {
+                        uncommitted = 0;
+                    }
+                }
+            }
+        }
+        // Everything is read: commit the final positions (retrying through a late
+        // rebalance), let every member do so before anyone leaves, then close.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let _ = consumer.poll(Duration::from_millis(50));
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => break,
+                // Nothing to commit: the positions are already committed.
+                Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => break,
+                Err(e) => assert!(Instant::now() < deadline, "final commit: {e}"),
+            }
+        }
+        let owned: BTreeSet<(String, i32)> = consumer
+            .assignment()
+            .map(|a| {
+                a.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        commit_barrier.wait();
+        drop(consumer);
+        owned
+    });
+    GroupMember { stop, thread }
+}
+
+/// `fjord group describe GROUP`'s partition rows: (partition, committed, log end).
+fn described_offsets(broker: &BrokerProcess, group: &str) -> BTreeMap<i32, (String, i64)> {
+    let out = fjord_ok(broker, &["group", "describe", group], b"");
+    out.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() >= 5 && cols[0] == "events").then(|| {
+                (
+                    cols[1].parse().unwrap(),
+                    (cols[2].to_owned(), cols[3].parse().unwrap()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Produces `count` keyed records to `events` through librdkafka.
+async fn produce_events(broker: &BrokerProcess, compression: &str, from: usize, count: usize) {
+    let producer = producer(broker, compression);
+    let deliveries: Vec<_> = (from..from + count)
+        .map(|i| {
+            let key = format!("entity-{}", i % 500);
+            let value = format!("event-{i}");
+            let record = FutureRecord::to("events").key(&key).payload(&value);
+            match producer.send_result(record) {
+                Ok(delivery) => delivery,
+                Err((e, _)) => panic!("queue record: {e}"),
+            }
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.expect("delivery").expect("produce");
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_librdkafka_group_of_three_reads_everything_and_its_commits_survive_a_restart() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker =
+        BrokerProcess::start(dir.path(), &["--group-initial-rebalance-delay-ms", "500"]);
+    create_topic(&broker, "events", 6);
+    let seen: SeenOffsets = Arc::new(Mutex::new(BTreeSet::new()));
+    let assigned = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(3));
+    let members: Vec<GroupMember> = (0..3)
+        .map(|i| {
+            group_member(
+                &broker,
+                "views",
+                &format!("view-{i}"),
+                &[("partition.assignment.strategy", "range,roundrobin")],
+                seen.clone(),
+                assigned.clone(),
+                barrier.clone(),
+            )
+        })
+        .collect();
+    wait_until("every member to get partitions", || {
+        assigned.load(Ordering::SeqCst) == 3
+    });
+
+    // The first half, lz4: read and committed before the broker is killed.
+    produce_events(&broker, "lz4", 0, 10_000).await;
+    wait_until("10,000 records read", || {
+        seen.lock().unwrap().len() == 10_000
+    });
+    wait_until("the first half committed", || {
+        let rows = described_offsets(&broker, "views");
+        rows.len() == 6
+            && rows
+                .values()
+                .all(|(c, end)| c.parse::<i64>().ok() == Some(*end))
+    });
+    let before = described_offsets(&broker, "views");
+    broker.kill();
+    let broker = broker.restart_on_same_kafka_port();
+    // Committed offsets are where the consumers left them, after kill -9.
+    assert_eq!(described_offsets(&broker, "views"), before);
+
+    // The second half, zstd: the members rejoin and go on from their commits.
+    produce_events(&broker, "zstd", 10_000, 10_000).await;
+    wait_until("20,000 records read", || {
+        seen.lock().unwrap().len() == 20_000
+    });
+    for member in &members {
+        member.stop.store(true, Ordering::SeqCst);
+    }
+    let mut owners: BTreeMap<(String, i32), usize> = BTreeMap::new();
+    for member in members {
+        for tp in member.thread.join().expect("member thread") {
+            *owners.entry(tp).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        owners.len(),
+        6,
+        "every partition owned at the end: {owners:?}"
+    );
+    assert!(
+        owners.values().all(|&n| n == 1),
+        "one owner each: {owners:?}"
+    );
+    let seen = seen.lock().unwrap();
+    let rows = described_offsets(&broker, "views");
+    assert_eq!(rows.len(), 6);
+    let mut total = 0;
+    for (partition, (committed, end)) in &rows {
+        assert_eq!(
+            committed.parse::<i64>().ok(),
+            Some(*end),
+            "partition {partition}"
+        );
+        let read = seen.iter().filter(|(p, _)| p == partition).count() as i64;
+        assert_eq!(read, *end, "every offset of partition {partition} read");
+        total += end;
+    }
+    assert_eq!(total, 20_000);
+    let describe = fjord_ok(&broker, &["group", "describe", "views"], b"");
+    assert!(describe.contains("State: EMPTY"), "{describe}");
 }

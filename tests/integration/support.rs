@@ -61,15 +61,20 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir.to_path_buf(), extra_args)
+        Self::spawn(data_dir.to_path_buf(), extra_args, None)
     }
 
-    fn spawn(data_dir: PathBuf, extra_args: Vec<String>) -> BrokerProcess {
+    fn spawn(
+        data_dir: PathBuf,
+        extra_args: Vec<String>,
+        kafka_addr: Option<SocketAddr>,
+    ) -> BrokerProcess {
+        let kafka_addr = kafka_addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(binary("fjord-broker"))
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--kafka-addr", "127.0.0.1:0"])
+            .args(["--kafka-addr", &kafka_addr])
             .args(&extra_args)
             .env("FJORD_LOG", "info")
             .stdin(Stdio::null())
@@ -155,7 +160,18 @@ impl BrokerProcess {
     /// Starts again on the same data directory and settings (new ports).
     pub fn restart(self) -> BrokerProcess {
         assert!(self.child.is_none(), "stop or kill it first");
-        Self::spawn(self.data_dir.clone(), self.extra_args.clone())
+        Self::spawn(self.data_dir.clone(), self.extra_args.clone(), None)
+    }
+
+    /// Starts again on the same data directory, settings and Kafka port (Kafka clients
+    /// reconnect to the address they bootstrapped from).
+    pub fn restart_on_same_kafka_port(self) -> BrokerProcess {
+        assert!(self.child.is_none(), "stop or kill it first");
+        Self::spawn(
+            self.data_dir.clone(),
+            self.extra_args.clone(),
+            Some(self.kafka_addr),
+        )
     }
 
     pub async fn client(&self) -> FjordClient<Channel> {

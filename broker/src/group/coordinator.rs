@@ -15,6 +15,7 @@ use thiserror::Error;
 use fjord_protocol::codec::{Compression, RecordInput, decode_records, encode_batch};
 
 use super::TopicPartition;
+use super::classic::{JoinOutcome, JoinRequest, JoinResult, SyncOutcome, SyncRequest};
 use super::records::{self, OffsetsRecord, RecordError};
 use super::state::{Committed, Group, GroupConfig, GroupError, Heartbeat, HeartbeatResponse};
 use crate::cluster::{TopicError, TopicManager};
@@ -74,6 +75,9 @@ pub struct Coordinator {
     /// Notified after every heartbeat (a live reset waits on it for partitions to be
     /// given up).
     heartbeats: Condvar,
+    /// Bumped whenever a classic group changes: JoinGroup and SyncGroup waiters look
+    /// again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Coordinator {
@@ -104,6 +108,7 @@ impl Coordinator {
             clock,
             groups: Mutex::new(BTreeMap::new()),
             heartbeats: Condvar::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         };
         coordinator.load()?;
         Ok(coordinator)
@@ -330,7 +335,7 @@ impl Coordinator {
             .get_mut(group)
             .ok_or_else(|| CoordinatorError::UnknownGroup(group.to_owned()))?;
         g.expire(now);
-        if !g.members().is_empty() {
+        if !g.is_empty() {
             return Err(GroupError::NotEmpty(group.to_owned()).into());
         }
         let mut inputs = Vec::new();
@@ -353,6 +358,138 @@ impl Coordinator {
         ));
         self.append(group, &inputs)?;
         groups.remove(group);
+        Ok(())
+    }
+
+    /// Runs `f` on group `id` (created empty if missing) after expiring silent members;
+    /// wakes the classic waiters afterwards.
+    fn with_group<T>(&self, id: &str, f: impl FnOnce(&mut Group, i64) -> T) -> T {
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        let g = self.entry(&mut groups, id);
+        let before = g.classic().fingerprint();
+        g.expire(now);
+        let out = f(g, now);
+        let changed = g.classic().fingerprint() != before;
+        drop(groups);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        out
+    }
+
+    /// Watches classic-group changes: a JoinGroup or SyncGroup waiter polls again when
+    /// this changes.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// A Kafka client's JoinGroup.
+    pub fn classic_join(
+        &self,
+        group: &str,
+        request: JoinRequest,
+    ) -> Result<JoinOutcome, GroupError> {
+        self.with_group(group, |g, now| {
+            if !g.members().is_empty() {
+                return Err(GroupError::InconsistentProtocol(group.to_owned()));
+            }
+            let delay = g.config().initial_rebalance_delay_ms;
+            g.classic_mut().join(group, request, now, delay)
+        })
+    }
+
+    /// The answer to a waiting JoinGroup once its rebalance completed; else when to look
+    /// again at the latest (the rebalance deadline).
+    pub fn classic_poll_join(
+        &self,
+        group: &str,
+        member_id: &str,
+    ) -> Result<Option<JoinResult>, GroupError> {
+        self.with_group(group, |g, now| {
+            g.classic_mut().poll_join(member_id, now).transpose()
+        })
+    }
+
+    /// A Kafka client's SyncGroup.
+    pub fn classic_sync(
+        &self,
+        group: &str,
+        request: SyncRequest,
+    ) -> Result<SyncOutcome, GroupError> {
+        self.with_group(group, |g, now| g.classic_mut().sync(group, request, now))
+    }
+
+    /// The answer to a follower's waiting SyncGroup once the leader synced.
+    pub fn classic_poll_sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<Option<bytes::Bytes>, GroupError> {
+        self.with_group(group, |g, now| {
+            g.classic_mut()
+                .poll_sync(group, member_id, generation, now)
+                .transpose()
+        })
+    }
+
+    /// A Kafka client's Heartbeat.
+    pub fn classic_heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+    ) -> Result<(), GroupError> {
+        self.with_group(group, |g, now| {
+            g.classic_mut()
+                .heartbeat(group, member_id, instance, generation, now)
+        })
+    }
+
+    /// A Kafka client's LeaveGroup of one member.
+    pub fn classic_leave(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> Result<(), GroupError> {
+        self.with_group(group, |g, now| {
+            g.classic_mut().leave(member_id, instance, now)
+        })
+    }
+
+    /// Commits offsets from a Kafka client (OffsetCommit): fenced by member and
+    /// generation, or from outside the group while it has no members. All or nothing;
+    /// durable before it returns.
+    pub fn commit_classic(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+        offsets: &[(TopicPartition, i64, String)],
+    ) -> Result<(), CoordinatorError> {
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        let g = self.entry(&mut groups, group);
+        g.expire(now);
+        let mut checked = g.clone();
+        let mut inputs = Vec::new();
+        for (tp, offset, metadata) in offsets {
+            let committed = Committed {
+                offset: *offset,
+                metadata: metadata.clone(),
+                commit_timestamp_ms: now,
+            };
+            checked.commit_classic(member_id, instance, generation, tp.clone(), committed)?;
+            let committed = checked.committed(tp).expect("just committed").clone();
+            let (key, value) = records::offset_commit(group, tp, &committed)?;
+            inputs.push(RecordInput::new(Some(key), Some(value), now));
+        }
+        self.append(group, &inputs)?;
+        *g = checked;
         Ok(())
     }
 
@@ -379,6 +516,13 @@ impl Coordinator {
                 .members()
                 .values()
                 .flat_map(|m| m.assigned.iter().cloned()),
+        );
+        tps.extend(
+            group
+                .classic()
+                .members()
+                .values()
+                .flat_map(|m| m.assigned_partitions()),
         );
         tps.into_iter()
             .filter_map(|tp| {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 use super::assignor::{Assignment, Assignor, TopicPartition, assign};
+use super::classic::{Classic, ClassicState};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum GroupError {
@@ -32,6 +33,26 @@ pub enum GroupError {
     },
     #[error("group {0} has active members")]
     NotEmpty(String),
+    /// A new Kafka client member gets its id first (JoinGroup v4+), then joins with it.
+    #[error("a member id is required: join again with {0}")]
+    MemberIdRequired(String),
+    #[error("member {member} is in generation {got}, the group is in {current}")]
+    IllegalGeneration {
+        member: String,
+        current: i32,
+        got: i32,
+    },
+    #[error("group {0} is rebalancing: join again")]
+    RebalanceInProgress(String),
+    #[error(
+        "group {0} uses another protocol: its members are of the other group protocol, \
+         or share no assignor with this one"
+    )]
+    InconsistentProtocol(String),
+    #[error("group.instance.id {0} now belongs to a newer member")]
+    FencedInstance(String),
+    #[error("session timeout {0} ms is outside 1000..=1800000")]
+    InvalidSessionTimeout(i32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +60,9 @@ pub struct GroupConfig {
     pub session_timeout_ms: i64,
     pub heartbeat_interval_ms: i64,
     pub assignor: Assignor,
+    /// Kafka clients' groups (classic protocol): how long an empty group waits for more
+    /// members before its first generation.
+    pub initial_rebalance_delay_ms: i64,
 }
 
 impl Default for GroupConfig {
@@ -47,6 +71,7 @@ impl Default for GroupConfig {
             session_timeout_ms: 45_000,
             heartbeat_interval_ms: 5_000,
             assignor: Assignor::Range,
+            initial_rebalance_delay_ms: 3_000,
         }
     }
 }
@@ -119,6 +144,9 @@ pub struct Group {
     /// group ([`Group::pause`]).
     paused: BTreeSet<TopicPartition>,
     joins: u64,
+    /// The members of Kafka clients (classic protocol). A group has members of one
+    /// protocol at a time; offsets are shared.
+    classic: Classic,
 }
 
 impl Group {
@@ -134,6 +162,7 @@ impl Group {
             offsets: BTreeMap::new(),
             paused: BTreeSet::new(),
             joins: 0,
+            classic: Classic::default(),
         }
     }
 
@@ -153,7 +182,24 @@ impl Group {
         &self.offsets
     }
 
+    pub fn classic(&self) -> &Classic {
+        &self.classic
+    }
+    pub fn classic_mut(&mut self) -> &mut Classic {
+        &mut self.classic
+    }
+    /// No members of either protocol.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.classic.is_empty()
+    }
+
     pub fn state(&self) -> GroupState {
+        if !self.classic.is_empty() {
+            return match self.classic.state() {
+                ClassicState::Stable => GroupState::Stable,
+                _ => GroupState::Reconciling,
+            };
+        }
         if self.members.is_empty() {
             GroupState::Empty
         } else if self.target_epoch == self.epoch
@@ -174,6 +220,9 @@ impl Group {
         partitions: &BTreeMap<String, u32>,
         now_ms: i64,
     ) -> Result<HeartbeatResponse, GroupError> {
+        if !self.classic.is_empty() {
+            return Err(GroupError::InconsistentProtocol(self.id.clone()));
+        }
         if request.member_epoch == -1 {
             self.remove(&request.member_id);
             return Ok(HeartbeatResponse {
@@ -320,6 +369,12 @@ impl Group {
     /// Removes the members silent for longer than the session timeout; their partitions
     /// are free for the others. Returns their ids.
     pub fn expire(&mut self, now_ms: i64) -> Vec<String> {
+        let mut expired = self.classic.expire(now_ms);
+        expired.extend(self.expire_members(now_ms));
+        expired
+    }
+
+    fn expire_members(&mut self, now_ms: i64) -> Vec<String> {
         let timeout = self.config.session_timeout_ms;
         let expired: Vec<String> = self
             .members
@@ -346,7 +401,7 @@ impl Group {
         now_ms: i64,
     ) -> Result<(), GroupError> {
         if member_id.is_empty() {
-            if !self.members.is_empty() {
+            if !self.is_empty() {
                 return Err(GroupError::NotEmpty(self.id.clone()));
             }
         } else {
@@ -377,6 +432,29 @@ impl Group {
                 commit_timestamp_ms: now_ms,
             },
         );
+        Ok(())
+    }
+
+    /// Commits `offset` for `tp` from a Kafka client: a member of the classic protocol
+    /// with its generation, or (`member_id` empty, generation -1) a consumer outside the
+    /// group, only while the group has no members.
+    pub fn commit_classic(
+        &mut self,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+        tp: TopicPartition,
+        committed: Committed,
+    ) -> Result<(), GroupError> {
+        if member_id.is_empty() && generation < 0 {
+            if !self.is_empty() {
+                return Err(GroupError::NotEmpty(self.id.clone()));
+            }
+        } else {
+            self.classic
+                .check_commit(&self.id, member_id, group_instance_id, generation)?;
+        }
+        self.offsets.insert(tp, committed);
         Ok(())
     }
 
@@ -609,6 +687,7 @@ mod tests {
                 session_timeout_ms: 100,
                 heartbeat_interval_ms: 10,
                 assignor,
+                ..GroupConfig::default()
             };
             let mut g = Group::new("g", config);
             let mut parts = topics(&[("t", 6)]);

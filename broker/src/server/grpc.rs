@@ -1,6 +1,6 @@
 //! The native gRPC API (`fjord.v1.Fjord`), one handler per RPC.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +121,16 @@ fn group_status(e: CoordinatorError) -> Status {
                 Status::failed_precondition(e.to_string()),
                 "group-not-empty",
             ),
+            GroupError::InconsistentProtocol(_) => with_kind(
+                Status::failed_precondition(e.to_string()),
+                "inconsistent-group-protocol",
+            ),
+            // Answers of the classic protocol of Kafka clients; not met through gRPC.
+            GroupError::MemberIdRequired(_)
+            | GroupError::IllegalGeneration { .. }
+            | GroupError::RebalanceInProgress(_)
+            | GroupError::FencedInstance(_)
+            | GroupError::InvalidSessionTimeout(_) => Status::failed_precondition(e.to_string()),
         },
         CoordinatorError::UnknownGroup(_) => {
             with_kind(Status::not_found(e.to_string()), "unknown-group")
@@ -593,7 +603,7 @@ impl Fjord for FjordService {
             .groups
             .describe(&id)
             .ok_or_else(|| group_status(CoordinatorError::UnknownGroup(id.clone())))?;
-        let members = group
+        let mut members: Vec<v1::GroupMember> = group
             .members()
             .iter()
             .map(|(member_id, m)| v1::GroupMember {
@@ -603,6 +613,17 @@ impl Fjord for FjordService {
                 assignment: m.assigned.difference(&m.revoking).map(from_tp).collect(),
             })
             .collect();
+        // Kafka clients' members (classic protocol): their epoch is the generation.
+        let classic = group.classic();
+        members.extend(classic.members().iter().map(|(member_id, m)| {
+            let assigned: BTreeSet<TopicPartition> = m.assigned_partitions().into_iter().collect();
+            v1::GroupMember {
+                member_id: member_id.clone(),
+                member_epoch: classic.generation(),
+                subscriptions: m.subscribed_topics(),
+                assignment: assigned.iter().map(from_tp).collect(),
+            }
+        }));
         let groups = self.groups.clone();
         let lag = blocking(move || Ok((groups.lag(&group), group))).await?;
         let (lag, group) = lag;
@@ -625,7 +646,11 @@ impl Fjord for FjordService {
         Ok(Response::new(v1::DescribeGroupResponse {
             group_id: id,
             state: state.into(),
-            group_epoch: group.epoch(),
+            group_epoch: if group.classic().is_empty() {
+                group.epoch()
+            } else {
+                group.classic().generation()
+            },
             members,
             partitions,
         }))

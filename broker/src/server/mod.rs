@@ -133,6 +133,7 @@ impl Broker {
             session_timeout_ms: config.group_consumer_session_timeout_ms,
             heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
             assignor,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms.max(0),
         };
         let offsets_partitions = config.offsets_topic_num_partitions;
         let group_topics = topics.clone();
@@ -218,6 +219,7 @@ impl Broker {
         });
         let kafka_service = Arc::new(kafka::KafkaService {
             topics: topics.clone(),
+            groups: groups.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
             node_id: config.node_id as i32,

@@ -5,7 +5,9 @@
 //!   per connection (as Kafka, which mutes a channel until its response is sent), so
 //!   responses go out in request order.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
-//!   [`list_offsets`].
+//!   [`list_offsets`]; [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
+//!   SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
+//!   DescribeGroups, DeleteGroups) on the broker's group coordinator.
 //!
 //! Every codec is the `kafka-protocol` crate's. A frame that cannot be served (a
 //! negative or oversized length, a truncated or undecodable body, an unknown API key or
@@ -15,6 +17,7 @@
 
 pub mod api_versions;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -32,6 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::cluster::{TopicError, TopicManager};
+use crate::group::coordinator::Coordinator;
 use crate::partition::Partition;
 use crate::storage::StorageError;
 
@@ -80,6 +84,8 @@ pub enum KafkaError {
 /// The state every Kafka connection shares.
 pub struct KafkaService {
     pub topics: Arc<TopicManager>,
+    /// The group coordinator, shared with the gRPC API.
+    pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the broker shuts down: connections close after the request in
     /// hand, and long polls return at once.
@@ -121,7 +127,7 @@ pub async fn serve(listener: TcpListener, service: Arc<KafkaService>) -> Result<
         let service = service.clone();
         connections.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &service).await {
+            if let Err(e) = connection(stream, peer, &service).await {
                 tracing::warn!(%peer, error = %e, "closing Kafka connection");
             }
         });
@@ -132,7 +138,12 @@ pub async fn serve(listener: TcpListener, service: Arc<KafkaService>) -> Result<
 }
 
 /// Serves one connection until the peer closes it, a frame cannot be served, or shutdown.
-async fn connection(mut stream: TcpStream, service: &KafkaService) -> Result<(), KafkaError> {
+async fn connection(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    service: &KafkaService,
+) -> Result<(), KafkaError> {
+    let client_host = format!("/{}", peer.ip());
     let mut shutdown = service.shutdown.clone();
     loop {
         let frame = tokio::select! {
@@ -142,7 +153,7 @@ async fn connection(mut stream: TcpStream, service: &KafkaService) -> Result<(),
         let Some(frame) = frame else {
             return Ok(());
         };
-        if let Some(response) = service.handle(frame).await? {
+        if let Some(response) = service.handle(frame, &client_host).await? {
             stream.write_all(&response).await?;
         }
     }
@@ -180,7 +191,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -193,7 +214,11 @@ fn supported(api: ApiKey) -> Option<(i16, i16)> {
 impl KafkaService {
     /// Decodes one request frame, serves it, and returns the encoded response frame
     /// (`None` for acks=0 produces, which get none).
-    async fn handle(&self, mut frame: Bytes) -> Result<Option<BytesMut>, KafkaError> {
+    async fn handle(
+        &self,
+        mut frame: Bytes,
+        client_host: &str,
+    ) -> Result<Option<BytesMut>, KafkaError> {
         if frame.len() < 8 {
             return Err(KafkaError::ShortFrame(frame.len()));
         }
@@ -227,6 +252,32 @@ impl KafkaService {
             RequestKind::Fetch(r) => Some(ResponseKind::Fetch(self.fetch(r).await)),
             RequestKind::ListOffsets(r) => {
                 Some(ResponseKind::ListOffsets(self.list_offsets(r).await))
+            }
+            RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
+                self.find_coordinator(r, version),
+            )),
+            RequestKind::JoinGroup(r) => {
+                let client_id = header.client_id.as_deref().unwrap_or_default();
+                let joined = self.join_group(r, version, client_id, client_host).await;
+                Some(ResponseKind::JoinGroup(joined))
+            }
+            RequestKind::SyncGroup(r) => Some(ResponseKind::SyncGroup(self.sync_group(r).await)),
+            RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(self.heartbeat(r))),
+            RequestKind::LeaveGroup(r) => {
+                Some(ResponseKind::LeaveGroup(self.leave_group(r, version)))
+            }
+            RequestKind::OffsetCommit(r) => {
+                Some(ResponseKind::OffsetCommit(self.offset_commit(r).await))
+            }
+            RequestKind::OffsetFetch(r) => {
+                Some(ResponseKind::OffsetFetch(self.offset_fetch(r, version)))
+            }
+            RequestKind::ListGroups(r) => Some(ResponseKind::ListGroups(self.list_groups(r))),
+            RequestKind::DescribeGroups(r) => {
+                Some(ResponseKind::DescribeGroups(self.describe_groups(r)))
+            }
+            RequestKind::DeleteGroups(r) => {
+                Some(ResponseKind::DeleteGroups(self.delete_groups(r).await))
             }
             _ => return Err(KafkaError::UnsupportedApi { api }),
         };
