@@ -101,9 +101,7 @@ impl KafkaService {
                     if key_info(&key).map(|(_, t)| t) != Some(CONFIG_TYPE_LIST) {
                         return Err((
                             ResponseError::InvalidConfig.code(),
-                            format!(
-                                "config {key} is not a list: it cannot be appended to or subtracted from"
-                            ),
+                            format!("config {key} is not a list: no APPEND or SUBTRACT"),
                         ));
                     }
                     let current = match overrides.get(&key) {
