@@ -546,6 +546,17 @@ async fn raw_requests_at_the_newest_versions() {
         !configs.iter().any(|c| c.starts_with("segment.ms=3600000")),
         "{configs:?}"
     );
+    let subtracted = call(
+        &mut stream,
+        1,
+        &alter(&[("cleanup.policy", 3, Some("delete"))]),
+    );
+    assert_eq!(subtracted.responses[0].error_code, 0);
+    let configs = described_configs(&broker, "raw");
+    assert!(
+        configs.contains(&"cleanup.policy=compact (override)".into()),
+        "{configs:?}"
+    );
 
     // DescribeConfigs v4, only the keys asked for.
     let mut resource = DescribeConfigsResource::default();

@@ -96,7 +96,15 @@ impl KafkaService {
         let count = u32::try_from(t.count)
             .ok()
             .filter(|&c| c <= PARTITIONS_MAX)
-            .ok_or_else(|| refusal(TopicError::InvalidPartitions(t.count.max(0) as u32)))?;
+            .ok_or_else(|| {
+                (
+                    ResponseError::InvalidPartitions.code(),
+                    format!(
+                        "invalid partition count {}: at most {PARTITIONS_MAX}",
+                        t.count
+                    ),
+                )
+            })?;
         if count <= current {
             return Err(refusal(TopicError::PartitionsNotIncreased {
                 topic: name.to_owned(),
