@@ -5,6 +5,7 @@ mod cli;
 mod example;
 mod groups;
 mod kafka;
+mod kafka_admin;
 mod storage_format;
 mod support;
 mod tidy;

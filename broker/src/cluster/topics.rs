@@ -39,6 +39,12 @@ pub enum TopicError {
     InvalidName { name: String, reason: &'static str },
     #[error("invalid partition count {0}: must be 1 to {PARTITIONS_MAX}")]
     InvalidPartitions(u32),
+    #[error("topic {topic} has {current} partitions, so {requested} would not add any")]
+    PartitionsNotIncreased {
+        topic: String,
+        current: u32,
+        requested: u32,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -62,8 +68,11 @@ pub struct TopicManager {
     default_partitions: u32,
     clock: Arc<dyn Clock>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Names being created: reserved while their logs open outside the `topics` lock.
+    /// Names being created or grown: reserved while their logs open outside the `topics`
+    /// lock.
     creating: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Serializes [`TopicManager::add_partitions`] calls.
+    resizing: std::sync::Mutex<()>,
 }
 
 /// Kafka's rules: 1-249 of `[a-zA-Z0-9._-]`, not `.` or `..`; `__` is reserved.
@@ -122,6 +131,7 @@ impl TopicManager {
             clock,
             topics: RwLock::new(BTreeMap::new()),
             creating: std::sync::Mutex::new(Default::default()),
+            resizing: std::sync::Mutex::new(()),
         };
         manager.sweep_deleted()?;
         let entries = std::fs::read_dir(&meta_dir).map_err(|source| StorageError::Io {
@@ -223,26 +233,46 @@ impl TopicManager {
         overrides: BTreeMap<String, String>,
     ) -> Result<Topic, TopicError> {
         let config = TopicConfig::with_overrides(&self.defaults, &overrides)?;
-        let mut partitions = Vec::with_capacity(count as usize);
-        for p in 0..count {
-            let log = Log::open(
-                &self.partition_dir(name, p),
-                config.log.clone(),
-                self.clock.clone(),
-            )?;
-            partitions.push(Arc::new(Partition::new(
-                name,
-                p,
-                log,
-                flush_policy(&config),
-            )));
-        }
+        let partitions = self.open_partitions(name, 0..count, &config)?;
         Ok(Topic {
             name: name.to_owned(),
             partitions,
             overrides,
             config,
         })
+    }
+
+    fn open_partitions(
+        &self,
+        name: &str,
+        ids: std::ops::Range<u32>,
+        config: &TopicConfig,
+    ) -> Result<Vec<Arc<Partition>>, TopicError> {
+        let mut partitions = Vec::with_capacity(ids.len());
+        for p in ids {
+            let log = Log::open(
+                &self.partition_dir(name, p),
+                config.log.clone(),
+                self.clock.clone(),
+            )?;
+            partitions.push(Arc::new(Partition::new(name, p, log, flush_policy(config))));
+        }
+        Ok(partitions)
+    }
+
+    /// Removes directories under partition ids that no topic owns (left by a crash
+    /// between opening logs and writing the topic's metadata).
+    fn remove_stale(&self, name: &str, ids: std::ops::Range<u32>) -> Result<(), TopicError> {
+        for p in ids {
+            let dir = self.partition_dir(name, p);
+            if dir.exists() {
+                let stale = dir.display();
+                tracing::warn!(dir = %stale, "removing stale data before opening the partition");
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|source| StorageError::Io { path: dir, source })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn defaults(&self) -> &TopicConfig {
@@ -310,20 +340,94 @@ impl TopicManager {
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, TopicError> {
         // A directory left under this name belongs to no topic: start empty.
-        for p in 0..partitions {
-            let dir = self.partition_dir(name, p);
-            if dir.exists() {
-                let stale = dir.display();
-                tracing::warn!(dir = %stale, "removing stale data before creating the topic");
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|source| StorageError::Io { path: dir, source })?;
-            }
-        }
+        self.remove_stale(name, 0..partitions)?;
         let topic = Arc::new(self.open_topic(name, partitions, overrides)?);
         self.write_meta(name, partitions, &topic.overrides)?;
         self.write_topics().insert(name.to_owned(), topic.clone());
         tracing::info!(topic = %name, partitions, "created topic");
         Ok(topic)
+    }
+
+    /// Grows `name` to `new_total` partitions (Kafka's CreatePartitions): the new
+    /// partitions' logs are opened outside the topic map's lock, then the metadata is
+    /// rewritten and the grown topic swapped in. Existing partitions and their data are
+    /// untouched. Blocking.
+    pub fn add_partitions(&self, name: &str, new_total: u32) -> Result<Arc<Topic>, TopicError> {
+        let _resizing = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.get(name)?;
+        let current = before.partitions.len() as u32;
+        if new_total <= current {
+            return Err(TopicError::PartitionsNotIncreased {
+                topic: name.to_owned(),
+                current,
+                requested: new_total,
+            });
+        }
+        if new_total > PARTITIONS_MAX {
+            return Err(TopicError::InvalidPartitions(new_total));
+        }
+        // Reserve the name: a delete and re-create under it cannot then reuse the
+        // directories being opened here.
+        if !self
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned())
+        {
+            return Err(TopicError::UnknownTopic(name.to_owned()));
+        }
+        let grown = self.add_partitions_reserved(&before, new_total);
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        grown
+    }
+
+    fn add_partitions_reserved(
+        &self,
+        before: &Arc<Topic>,
+        new_total: u32,
+    ) -> Result<Arc<Topic>, TopicError> {
+        let name = before.name.as_str();
+        let current = before.partitions.len() as u32;
+        self.remove_stale(name, current..new_total)?;
+        let added = self.open_partitions(name, current..new_total, &before.config)?;
+        let mut topics = self.write_topics();
+        // The topic may have been deleted meanwhile (its configs may have changed: they
+        // are taken from the map, under its lock).
+        let now = match topics.get(name) {
+            Some(now)
+                if now.partitions.len() == before.partitions.len()
+                    && Arc::ptr_eq(&now.partitions[0], &before.partitions[0]) =>
+            {
+                now.clone()
+            }
+            _ => {
+                drop(topics);
+                for partition in &added {
+                    partition.mark_deleted();
+                }
+                self.remove_stale(name, current..new_total)?;
+                return Err(TopicError::UnknownTopic(name.to_owned()));
+            }
+        };
+        for partition in &added {
+            partition.log_mut().set_config(now.config.log.clone())?;
+            partition.set_flush_policy(flush_policy(&now.config));
+        }
+        self.write_meta(name, new_total, &now.overrides)?;
+        let mut partitions = now.partitions.clone();
+        partitions.extend(added);
+        let grown = Arc::new(Topic {
+            name: now.name.clone(),
+            partitions,
+            overrides: now.overrides.clone(),
+            config: now.config.clone(),
+        });
+        topics.insert(name.to_owned(), grown.clone());
+        tracing::info!(topic = %name, from = current, partitions = new_total, "added partitions");
+        Ok(grown)
     }
 
     /// Deletes a topic and its data. Requests in flight finish on the old partitions.
@@ -469,5 +573,94 @@ impl TopicManager {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Acks;
+    use crate::storage::ManualClock;
+    use fjord_protocol::codec::{Compression, RecordInput, encode_batch};
+
+    fn open(dir: &Path) -> TopicManager {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        TopicManager::open(dir, TopicConfig::default(), 1, clock).unwrap()
+    }
+
+    fn append(topics: &TopicManager, name: &str, partition: u32, value: &str) {
+        let input = RecordInput::new(None, Some(value.as_bytes().to_vec()), 0);
+        let mut batch = encode_batch(&[input], Compression::None).unwrap().to_vec();
+        let partition = topics.partition(name, partition).unwrap();
+        partition.append(&mut batch, Acks::Leader).unwrap();
+    }
+
+    #[test]
+    fn a_grown_topic_keeps_its_count_configs_and_old_data_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = open(dir.path());
+        let overrides = BTreeMap::from([("retention.ms".to_owned(), "60000".to_owned())]);
+        topics.create("orders", 2, overrides).unwrap();
+        append(&topics, "orders", 0, "a");
+        append(&topics, "orders", 1, "b");
+
+        assert_eq!(
+            topics.add_partitions("orders", 5).unwrap().partitions.len(),
+            5
+        );
+        assert_eq!(topics.get("orders").unwrap().partitions.len(), 5);
+        {
+            let added = topics.partition("orders", 4).unwrap();
+            assert_eq!(added.log().log_end_offset(), 0);
+            assert_eq!(added.log().config().retention_ms, 60000);
+        }
+        append(&topics, "orders", 4, "c");
+        topics.close_all().unwrap();
+        drop(topics);
+
+        let topics = open(dir.path());
+        let topic = topics.get("orders").unwrap();
+        assert_eq!(topic.partitions.len(), 5);
+        assert_eq!(topic.overrides.get("retention.ms").unwrap(), "60000");
+        let ends: Vec<i64> = topic
+            .partitions
+            .iter()
+            .map(|p| p.log().log_end_offset())
+            .collect();
+        assert_eq!(ends, vec![1, 1, 0, 0, 1]);
+    }
+
+    #[test]
+    fn adding_partitions_must_grow_the_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = open(dir.path());
+        topics.create("orders", 3, BTreeMap::new()).unwrap();
+        for requested in [0, 2, 3] {
+            let e = topics.add_partitions("orders", requested).unwrap_err();
+            assert!(
+                matches!(e, TopicError::PartitionsNotIncreased { current: 3, .. }),
+                "{e}"
+            );
+        }
+        let e = topics
+            .add_partitions("orders", PARTITIONS_MAX + 1)
+            .unwrap_err();
+        assert!(matches!(e, TopicError::InvalidPartitions(_)), "{e}");
+        let e = topics.add_partitions("missing", 4).unwrap_err();
+        assert!(matches!(e, TopicError::UnknownTopic(_)), "{e}");
+        assert_eq!(topics.get("orders").unwrap().partitions.len(), 3);
+        // A delete leaves nothing behind that a later grow of a new topic would pick up.
+        topics.add_partitions("orders", 4).unwrap();
+        topics.delete("orders").unwrap();
+        topics.create("orders", 1, BTreeMap::new()).unwrap();
+        topics.add_partitions("orders", 4).unwrap();
+        assert_eq!(
+            topics
+                .partition("orders", 3)
+                .unwrap()
+                .log()
+                .log_end_offset(),
+            0
+        );
     }
 }

@@ -92,7 +92,9 @@ fn topic_status(e: TopicError) -> Status {
         TopicError::AlreadyExists(_) => {
             with_kind(Status::already_exists(e.to_string()), "topic-exists")
         }
-        TopicError::InvalidName { .. } | TopicError::InvalidPartitions(_) => {
+        TopicError::InvalidName { .. }
+        | TopicError::InvalidPartitions(_)
+        | TopicError::PartitionsNotIncreased { .. } => {
             with_kind(Status::invalid_argument(e.to_string()), "invalid-topic")
         }
         TopicError::Config(_) => {

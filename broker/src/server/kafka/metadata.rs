@@ -13,7 +13,7 @@ use crate::cluster::Topic;
 pub const CLUSTER_ID: &str = "fjord";
 
 /// The leader epoch Metadata reports: the epoch the broker stamps on every batch.
-const LEADER_EPOCH: i32 = 0;
+pub const LEADER_EPOCH: i32 = 0;
 
 impl KafkaService {
     pub(super) fn metadata(&self, request: MetadataRequest, version: i16) -> MetadataResponse {
@@ -61,7 +61,7 @@ impl KafkaService {
         let mut metadata = MetadataResponseTopic::default();
         metadata.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
         metadata.topic_id = super::topic_id(&topic.name);
-        metadata.is_internal = topic.name.starts_with("__");
+        metadata.is_internal = super::is_internal(&topic.name);
         metadata.partitions = topic
             .partitions
             .iter()

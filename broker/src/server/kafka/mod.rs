@@ -5,7 +5,10 @@
 //!   per connection (as Kafka, which mutes a channel until its response is sent), so
 //!   responses go out in request order.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
-//!   [`list_offsets`]; [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
+//!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], and the admin
+//!   APIs: [`create_topics`], [`delete_topics`], [`create_partitions`],
+//!   [`describe_configs`], [`alter_configs`], [`incremental_alter_configs`],
+//!   [`delete_records`]. [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
 //!   SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
 //!   DescribeGroups, DeleteGroups) on the broker's group coordinator.
 //!
@@ -15,11 +18,20 @@
 //! unsupported version is answered with UNSUPPORTED_VERSION, as Kafka does, so the
 //! client can retry with a version from the list.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
 pub mod groups;
+pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::sync::Arc;
@@ -202,6 +214,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -279,6 +300,33 @@ impl KafkaService {
             RequestKind::DeleteGroups(r) => {
                 Some(ResponseKind::DeleteGroups(self.delete_groups(r).await))
             }
+            RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
+                self.offset_for_leader_epoch(r),
+            )),
+            RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
+                self.describe_cluster(r, version),
+            )),
+            RequestKind::CreateTopics(r) => {
+                Some(ResponseKind::CreateTopics(self.create_topics(r).await))
+            }
+            RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
+                self.delete_topics(r, version).await,
+            )),
+            RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
+                self.create_partitions(r).await,
+            )),
+            RequestKind::DescribeConfigs(r) => {
+                Some(ResponseKind::DescribeConfigs(self.describe_configs(r)))
+            }
+            RequestKind::AlterConfigs(r) => {
+                Some(ResponseKind::AlterConfigs(self.alter_configs(r).await))
+            }
+            RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
+                self.incremental_alter_configs(r).await,
+            )),
+            RequestKind::DeleteRecords(r) => {
+                Some(ResponseKind::DeleteRecords(self.delete_records(r).await))
+            }
             _ => return Err(KafkaError::UnsupportedApi { api }),
         };
         match response {
@@ -329,7 +377,9 @@ fn encode(
 /// The Kafka error code of a storage error.
 pub fn storage_error_code(e: &StorageError) -> i16 {
     let error = match e {
-        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::OffsetOutOfRange { .. } | StorageError::DeleteBeyondHighWatermark { .. } => {
+            ResponseError::OffsetOutOfRange
+        }
         StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         StorageError::InvalidBatch { .. } => ResponseError::CorruptMessage,
         StorageError::LogOffline { .. } | StorageError::Io { .. } => {
@@ -347,9 +397,39 @@ pub fn topic_error_code(e: &TopicError) -> i16 {
             ResponseError::UnknownTopicOrPartition.code()
         }
         TopicError::InvalidName { .. } => ResponseError::InvalidTopicException.code(),
+        TopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists.code(),
+        TopicError::InvalidPartitions(_) | TopicError::PartitionsNotIncreased { .. } => {
+            ResponseError::InvalidPartitions.code()
+        }
+        TopicError::Config(_) => ResponseError::InvalidConfig.code(),
         TopicError::Storage(e) => storage_error_code(e),
-        _ => -1,
     }
+}
+
+/// Why an admin request entry is refused: its Kafka error code and a message for the
+/// client.
+pub type Refusal = (i16, String);
+
+/// The refusal of a topic error: its code and its text.
+pub fn refusal(e: TopicError) -> Refusal {
+    (topic_error_code(&e), e.to_string())
+}
+
+/// Internal topics (`__consumer_offsets`): listed as internal by Metadata, and never
+/// deleted, grown, truncated or reconfigured through the Kafka API.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+/// Runs `f` (file I/O, log locks) on a blocking thread; a panic in it is resumed here.
+async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl KafkaService {
