@@ -30,8 +30,9 @@ fn producer(broker: &BrokerProcess, compression: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", broker.kafka_addr.to_string())
         .set("acks", "all")
-        // InitProducerId is not served yet.
-        .set("enable.idempotence", "false")
+        // Idempotent (Java clients' default; librdkafka's is off): InitProducerId, and
+        // every batch carries its producer id and sequence.
+        .set("enable.idempotence", "true")
         // Kafka's Java partitioner (librdkafka's default is CRC-32 based).
         .set("partitioner", "murmur2_random")
         .set("compression.type", compression)
@@ -851,4 +852,145 @@ async fn a_librdkafka_group_of_three_reads_everything_and_its_commits_survive_a_
     assert_eq!(total, 20_000);
     let describe = fjord_ok(&broker, &["group", "describe", "views"], b"");
     assert!(describe.contains("State: EMPTY"), "{describe}");
+}
+
+/// One Produce v9 of `batch` to partition 0 of `topic`: (error code, base offset).
+fn produce_raw(stream: &mut TcpStream, topic: &str, batch: bytes::Bytes) -> (i16, i64) {
+    use kafka_protocol::messages::ProduceRequest;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(batch);
+    let mut data = TopicProduceData::default();
+    data.name = crate::kafka_admin::topic_name(topic);
+    data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 30_000;
+    request.topic_data = vec![data];
+    let response = crate::kafka_admin::call(stream, 9, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+fn init_producer_id(stream: &mut TcpStream) -> (i64, i16) {
+    use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
+    let mut request = InitProducerIdRequest::default();
+    request.transactional_id = None;
+    request.transaction_timeout_ms = 60_000;
+    request.producer_id = ProducerId(-1);
+    request.producer_epoch = -1;
+    let response = crate::kafka_admin::call(stream, 4, &request);
+    assert_eq!(response.error_code, 0);
+    (response.producer_id.0, response.producer_epoch)
+}
+
+fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, n: usize) -> bytes::Bytes {
+    use fjord::protocol::codec::{Compression, ProducerFields, RecordInput, encode_batch_with};
+    let records: Vec<RecordInput> = (0..n)
+        .map(|i| RecordInput::new(Some(b"order-1".to_vec()), Some(format!("v{i}").into()), 0))
+        .collect();
+    let producer = ProducerFields {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    };
+    encode_batch_with(&records, Compression::Lz4, producer).unwrap()
+}
+
+#[test]
+fn an_idempotent_retry_is_written_once_even_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "idem", 1);
+    let mut stream = connect(&broker);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (id, epoch) = init_producer_id(&mut stream);
+    let (other, _) = init_producer_id(&mut stream);
+    assert_ne!(id, other);
+    assert_eq!(epoch, 0);
+
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 0, 3)),
+        (0, 0)
+    );
+    // The retry of a batch whose answer was lost: the same offsets, nothing written.
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 0, 3)),
+        (0, 0)
+    );
+    // A gap is OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 5, 1)).0,
+        45
+    );
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 3, 2)),
+        (0, 3)
+    );
+
+    // kill -9: the sequence state comes back with the log.
+    broker.kill();
+    let broker = broker.restart();
+    let mut stream = connect(&broker);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 3, 2)),
+        (0, 3)
+    );
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 5, 1)),
+        (0, 5)
+    );
+    // An older epoch after a newer one: INVALID_PRODUCER_EPOCH (47).
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 1, 0, 1)),
+        (0, 6)
+    );
+    assert_eq!(
+        produce_raw(&mut stream, "idem", idempotent_batch(id, 0, 6, 1)).0,
+        47
+    );
+    // Ids handed out before the crash are never handed out again.
+    let (after, _) = init_producer_id(&mut stream);
+    assert!(after > id.max(other), "{after} after {id} and {other}");
+    let read = consume(&broker, "idem", 1, 7);
+    assert_eq!(read[&0].len(), 7, "each record once");
+}
+
+#[test]
+fn requests_for_apis_not_served_get_unsupported_version_and_the_connection_goes_on() {
+    use kafka_protocol::messages::{
+        ApiVersionsRequest, EndTxnRequest, ListTransactionsRequest, SaslHandshakeRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut stream = connect(&broker);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut sasl = SaslHandshakeRequest::default();
+    sasl.mechanism = crate::kafka_admin::str_bytes("PLAIN");
+    assert_eq!(
+        crate::kafka_admin::call(&mut stream, 1, &sasl).error_code,
+        35
+    );
+    let end = EndTxnRequest::default();
+    assert_eq!(
+        crate::kafka_admin::call(&mut stream, 3, &end).error_code,
+        35
+    );
+    let list = ListTransactionsRequest::default();
+    assert_eq!(
+        crate::kafka_admin::call(&mut stream, 0, &list).error_code,
+        35
+    );
+    // The same connection still serves what is advertised.
+    let versions = crate::kafka_admin::call(&mut stream, 3, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+    let listed: Vec<i16> = versions.api_keys.iter().map(|k| k.api_key).collect();
+    for key in [
+        0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 19, 20, 21, 22, 23, 32, 33, 37, 42, 44, 60,
+    ] {
+        assert!(listed.contains(&key), "API {key} advertised: {listed:?}");
+    }
+    assert!(!listed.contains(&26), "EndTxn is not advertised");
 }

@@ -65,8 +65,7 @@ fn producer(broker: &BrokerProcess) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", broker.kafka_addr.to_string())
         .set("acks", "all")
-        // InitProducerId is not served yet.
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000")
         .create()
         .expect("create producer")
@@ -423,7 +422,7 @@ async fn delete_records_moves_the_low_watermark() {
 }
 
 /// Sends `request` at `version` on `stream` and decodes the response.
-fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R::Response {
+pub fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R::Response {
     let mut header = RequestHeader::default();
     header.request_api_key = R::KEY;
     header.request_api_version = version;
@@ -451,11 +450,11 @@ fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R::Res
     decoded
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 

@@ -493,6 +493,43 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Drops every group's committed offsets of `topic` (it was deleted; as Kafka, a
+    /// topic created again under the name starts without them), with tombstones so a
+    /// restart does not bring them back.
+    pub fn forget_topic(&self, topic: &str) -> Result<(), CoordinatorError> {
+        let now = self.clock.now_ms();
+        let mut groups = self.lock();
+        for (id, g) in groups.iter_mut() {
+            let gone: Vec<TopicPartition> = g
+                .offsets()
+                .keys()
+                .filter(|tp| tp.topic == topic)
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let mut inputs = Vec::new();
+            for tp in &gone {
+                let (key, _) = records::offset_commit(
+                    id,
+                    tp,
+                    &Committed {
+                        offset: 0,
+                        metadata: String::new(),
+                        commit_timestamp_ms: now,
+                    },
+                )?;
+                inputs.push(RecordInput::new(Some(key), None, now));
+            }
+            self.append(id, &inputs)?;
+            for tp in gone {
+                g.restore_offset(tp, None);
+            }
+        }
+        Ok(())
+    }
+
     /// The group ids with members or offsets.
     pub fn list_groups(&self) -> BTreeSet<String> {
         self.lock().keys().cloned().collect()
@@ -668,6 +705,28 @@ mod tests {
             BTreeSet::from(["views".to_string()]),
             "the deleted group stays deleted"
         );
+    }
+
+    #[test]
+    fn a_deleted_topics_offsets_are_forgotten_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let (topics, c) = open(dir.path(), &clock);
+        topics.create("audit", 1, BTreeMap::new()).unwrap();
+        let commits = [
+            (TopicPartition::new("orders", 0), 7, String::new()),
+            (TopicPartition::new("audit", 0), 3, String::new()),
+        ];
+        c.commit("views", "", -1, &commits).unwrap();
+        c.forget_topic("orders").unwrap();
+        let left: Vec<_> = c.fetch_offsets("views", &[]).into_keys().collect();
+        assert_eq!(left, [TopicPartition::new("audit", 0)]);
+        drop(c);
+        topics.close_all().unwrap();
+        drop(topics);
+        let (_topics, c) = open(dir.path(), &clock);
+        let left: Vec<_> = c.fetch_offsets("views", &[]).into_keys().collect();
+        assert_eq!(left, [TopicPartition::new("audit", 0)], "after a restart");
     }
 
     #[test]

@@ -78,6 +78,12 @@ fn storage_status(e: StorageError) -> Status {
             );
             with_kind(status, "offset-out-of-range")
         }
+        StorageError::OutOfOrderSequence { .. }
+        | StorageError::InvalidProducerEpoch { .. }
+        | StorageError::DuplicateSequence { .. } => with_kind(
+            Status::failed_precondition(e.to_string()),
+            "producer-sequence",
+        ),
         StorageError::LogOffline { .. } => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -241,10 +247,17 @@ impl Fjord for FjordService {
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
         let topics = self.topics.clone();
-        tokio::task::spawn_blocking(move || topics.delete(&name))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(topic_status)?;
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || {
+            topics.delete(&name).map_err(topic_status)?;
+            // Its committed offsets go with it (as Kafka).
+            if let Err(e) = groups.forget_topic(&name) {
+                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's offsets");
+            }
+            Ok::<(), Status>(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 

@@ -217,9 +217,12 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::Server(e.to_string()))
         });
+        let producer_ids = kafka::init_producer_id::ProducerIds::open(&config.data_dir)
+            .map_err(|e| BrokerError::Server(format!("cannot load producer ids: {e}")))?;
         let kafka_service = Arc::new(kafka::KafkaService {
             topics: topics.clone(),
             groups: groups.clone(),
+            producer_ids: Arc::new(producer_ids),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
             node_id: config.node_id as i32,

@@ -29,6 +29,12 @@ pub fn write(path: &Path, entries: &[(&str, String)]) -> Result<()> {
     }
     let crc = crc32fast::hash(body.as_bytes());
     body.push_str(&format!("crc32 {crc:08x}\n"));
+    write_atomically(path, body.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync'd, renamed into place,
+/// and the directory fsync'd.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut file = OpenOptions::new()
@@ -37,7 +43,7 @@ pub fn write(path: &Path, entries: &[(&str, String)]) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .at(&tmp)?;
-        file.write_all(body.as_bytes()).at(&tmp)?;
+        file.write_all(bytes).at(&tmp)?;
         file.sync_all().at(&tmp)?;
     }
     fs::rename(&tmp, path).at(path)?;

@@ -19,6 +19,7 @@ use super::checkpoint;
 use super::clock::Clock;
 use super::config::{LogConfig, TimestampType};
 use super::epoch::LeaderEpochCache;
+use super::producers::{self, BatchSeq, ProducerEntry, Producers, SeqCheck, SeqError};
 use super::retention::{self, RetentionPolicy, SegmentSummary};
 use super::segment::{
     self, BatchMeta, LOG_SUFFIX, Segment, SegmentOptions, remove_if_exists, segment_file,
@@ -167,6 +168,8 @@ pub struct Log {
     cleaning: AtomicBool,
     /// Serializes checkpoint writes (they share a temporary file name).
     meta_lock: Mutex<()>,
+    /// Idempotent producers' sequence state ([`super::producers`]).
+    producers: Producers,
     /// Holds the directory's lock for the life of the `Log`.
     _dir_lock: fs::File,
 }
@@ -250,6 +253,7 @@ impl Log {
             offline: AtomicBool::new(false),
             cleaning: AtomicBool::new(false),
             meta_lock: Mutex::new(()),
+            producers: Producers::default(),
             _dir_lock: dir_lock,
         };
         log.load_segments(recovery_point, clean)?;
@@ -276,6 +280,7 @@ impl Log {
             .clamp(log.log_start_offset, log.log_end_offset);
         log.cleaner_offset = log.cleaner_offset.min(log.log_end_offset);
         log.epochs.truncate_from_end(log.log_end_offset)?;
+        log.rebuild_producers()?;
         if !clean {
             // Everything kept was verified; make it durable before calling it recovered.
             for segment in log.segments.from(meta.recovery_point) {
@@ -287,6 +292,43 @@ impl Log {
         remove_if_exists(&marker)?;
         checkpoint::sync_dir(dir)?;
         Ok(log)
+    }
+
+    /// Rebuilds the producer state: the newest snapshot at or below the log end, then the
+    /// batch headers after it (snapshots above the log end are removed).
+    fn rebuild_producers(&mut self) -> Result<()> {
+        producers::remove_snapshots_above(&self.dir, self.log_end_offset)?;
+        let first = self
+            .segments
+            .iter()
+            .next()
+            .map_or(self.log_start_offset, Segment::base_offset)
+            .max(self.log_start_offset);
+        let (mut offset, mut state) =
+            match producers::load_snapshot(&self.dir, self.log_end_offset)? {
+                Some((at, state)) => (at.max(first), state),
+                None => (first, Producers::default()),
+            };
+        while offset < self.log_end_offset {
+            let read = self.read(offset, 8 << 20, ReadLimit::LogEnd)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for header in fjord_protocol::BatchIter::new(&read.records) {
+                let header = header.map_err(StorageError::Codec)?;
+                if header.last_offset() >= offset {
+                    state.replay(&header);
+                }
+                offset = offset.max(header.next_offset());
+            }
+        }
+        self.producers = state;
+        Ok(())
+    }
+
+    /// The idempotent producers' state.
+    pub fn producers(&self) -> &Producers {
+        &self.producers
     }
 
     /// Loads every segment's offsets; recovers those at or after `recovery_point`.
@@ -467,6 +509,11 @@ impl Log {
         let mut next = self.log_end_offset;
         let mut metas = Vec::with_capacity(sizes.len());
         let mut position = 0;
+        let single = sizes.len() == 1;
+        // Idempotent batches, checked in order against the state as the earlier batches
+        // of this request leave it (`touched`: the producers' entries as updated here);
+        // applied once the write succeeded.
+        let mut touched: Vec<(i64, ProducerEntry)> = Vec::new();
         for size in sizes {
             let bytes = &mut batches[position..position + size];
             batch::assign_offsets(bytes, next, leader_epoch);
@@ -485,6 +532,61 @@ impl Log {
                 });
             }
             let meta = BatchMeta::of(&header);
+            if header.producer_id() >= 0 && header.base_sequence() >= 0 {
+                let id = header.producer_id();
+                let epoch = header.producer_epoch();
+                let first_seq = header.base_sequence();
+                let last_seq = producers::last_sequence(first_seq, header.record_count());
+                let at = touched.iter().position(|(t, _)| *t == id);
+                let current = match at {
+                    Some(i) => Some(&touched[i].1),
+                    None => self.producers.get(id),
+                };
+                match producers::check_entry(current, epoch, first_seq, last_seq) {
+                    Ok(SeqCheck::Append) => {
+                        let mut entry = current.cloned().unwrap_or_default();
+                        let batch = BatchSeq {
+                            first_seq,
+                            last_seq,
+                            first_offset: meta.base_offset,
+                            last_offset: meta.last_offset,
+                        };
+                        producers::record_entry(&mut entry, epoch, batch);
+                        match at {
+                            Some(i) => touched[i].1 = entry,
+                            None => touched.push((id, entry)),
+                        }
+                    }
+                    // A retry of a batch already written: answered with its offsets,
+                    // not written again.
+                    Ok(SeqCheck::Duplicate(seen)) if single => {
+                        return Ok(AppendInfo {
+                            first_offset: seen.first_offset,
+                            last_offset: seen.last_offset,
+                            log_append_time_ms: None,
+                            batches: 0,
+                            bytes: 0,
+                        });
+                    }
+                    Ok(SeqCheck::Duplicate(_)) => {
+                        return Err(StorageError::DuplicateSequence { producer_id: id });
+                    }
+                    Err(SeqError::OutOfOrder { expected }) => {
+                        return Err(StorageError::OutOfOrderSequence {
+                            producer_id: id,
+                            expected,
+                            got: first_seq,
+                        });
+                    }
+                    Err(SeqError::InvalidEpoch { current }) => {
+                        return Err(StorageError::InvalidProducerEpoch {
+                            producer_id: id,
+                            epoch,
+                            current,
+                        });
+                    }
+                }
+            }
             next = meta.last_offset + 1;
             metas.push(meta);
             position += size;
@@ -496,6 +598,9 @@ impl Log {
         self.offline_on_io(assigned)?;
         let written = self.write(batches, &metas);
         self.offline_on_io(written)?;
+        for (id, entry) in touched {
+            self.producers.insert(id, entry);
+        }
         Ok(AppendInfo {
             first_offset,
             last_offset: next - 1,
@@ -640,6 +745,8 @@ impl Log {
             // Checkpointed now, not at the next periodic checkpoint: a restart after a
             // crash then scans only the segment written since (a small file per roll).
             self.write_meta()?;
+            // So is the producer state: a restart replays only the new segment's headers.
+            self.producers.write_snapshot(&self.dir, base_offset)?;
         }
         checkpoint::sync_dir(&self.dir)
     }
@@ -763,6 +870,8 @@ impl Log {
     }
 
     fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+        // No batch survives: neither does any producer's state.
+        producers::remove_snapshots_above(&self.dir, -1)?;
         let bases: Vec<i64> = self
             .segments
             .iter()
@@ -796,7 +905,8 @@ impl Log {
         *rp = (*rp).min(new_end);
         self.cleaner_offset = self.cleaner_offset.min(new_end);
         self.epochs.truncate_from_end(new_end)?;
-        self.write_meta()
+        self.write_meta()?;
+        self.rebuild_producers()
     }
 
     /// Kafka's DeleteRecords: moves the log start offset up to `offset` (at most the high
@@ -965,6 +1075,8 @@ impl Log {
         self.flush()?;
         self.segments.active_mut().seal()?;
         self.write_meta()?;
+        self.producers
+            .write_snapshot(&self.dir, self.log_end_offset)?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         fs::File::create(&marker)
             .at(&marker)?

@@ -23,6 +23,7 @@ pub mod group_commit;
 pub mod index;
 pub mod log;
 pub mod mmap;
+pub mod producers;
 pub mod retention;
 pub mod segment;
 
@@ -101,6 +102,23 @@ pub enum StorageError {
     Locked { dir: PathBuf },
     #[error("corrupt checkpoint file {path}: {reason}")]
     CorruptCheckpoint { path: PathBuf, reason: String },
+    #[error("out of order sequence from producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error("producer {producer_id} epoch {epoch} is older than its current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error(
+        "a batch of producer {producer_id} was already written (a retry), in a request \
+         of several batches"
+    )]
+    DuplicateSequence { producer_id: i64 },
     #[error("cannot delete records before {offset}: above the high watermark {high_watermark}")]
     DeleteBeyondHighWatermark { offset: i64, high_watermark: i64 },
     #[error("invalid value {value:?} for config {key}: {reason}")]

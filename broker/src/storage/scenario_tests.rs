@@ -959,3 +959,115 @@ fn the_background_cleaner_compacts_registered_logs() {
     assert!(stats.passes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     assert_eq!(values(&log.read().unwrap())[0].2.as_deref(), Some("v19"));
 }
+
+/// A batch of `n` records from idempotent producer `id`, epoch `epoch`, from `seq`.
+fn idempotent(id: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
+    let inputs: Vec<RecordInput> = (0..n)
+        .map(|i| RecordInput::new(Some(b"k".to_vec()), Some(format!("v{i}").into_bytes()), 0))
+        .collect();
+    let producer = fjord_protocol::codec::ProducerFields {
+        producer_id: id,
+        producer_epoch: epoch,
+        base_sequence: seq,
+    };
+    fjord_protocol::codec::encode_batch_with(&inputs, Compression::None, producer)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn a_retried_idempotent_batch_is_written_once_and_gaps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    let first = log.append(&mut idempotent(7, 0, 0, 3), 0).unwrap();
+    let second = log.append(&mut idempotent(7, 0, 3, 2), 0).unwrap();
+    assert_eq!((first.first_offset, second.last_offset), (0, 4));
+    // The retry of the first batch: its offsets again, nothing written.
+    let retry = log.append(&mut idempotent(7, 0, 0, 3), 0).unwrap();
+    assert_eq!(
+        (retry.first_offset, retry.last_offset, retry.bytes),
+        (0, 2, 0)
+    );
+    assert_eq!(log.log_end_offset(), 5);
+    // A gap, and an old epoch, are refused and change nothing.
+    assert!(matches!(
+        log.append(&mut idempotent(7, 0, 9, 1), 0),
+        Err(StorageError::OutOfOrderSequence {
+            expected: 5,
+            got: 9,
+            ..
+        })
+    ));
+    // A new epoch starts at 0; the old one is fenced from then on.
+    log.append(&mut idempotent(7, 1, 0, 1), 0).unwrap();
+    assert!(matches!(
+        log.append(&mut idempotent(7, 0, 5, 1), 0),
+        Err(StorageError::InvalidProducerEpoch {
+            epoch: 0,
+            current: 1,
+            ..
+        })
+    ));
+    // Two batches of one request: the second must follow the first.
+    let mut two = idempotent(8, 0, 0, 1);
+    two.extend(idempotent(8, 0, 1, 1));
+    log.append(&mut two, 0).unwrap();
+    let mut gap = idempotent(8, 0, 2, 1);
+    gap.extend(idempotent(8, 0, 4, 1));
+    assert!(log.append(&mut gap, 0).is_err());
+    assert_eq!(log.log_end_offset(), 8);
+    // Non-idempotent batches are not checked.
+    log.append(&mut records(&[("x", Some("1"))], 0), 0).unwrap();
+    log.append(&mut records(&[("x", Some("1"))], 0), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 10);
+}
+
+#[test]
+fn producer_state_survives_a_clean_close_a_crash_and_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    // Enough batches to roll segments (400 bytes each): snapshots are written at rolls.
+    let mut seq = 0;
+    for _ in 0..20 {
+        log.append(&mut idempotent(3, 0, seq, 2), 0).unwrap();
+        seq += 2;
+    }
+    assert!(log.segments().iter().count() > 2, "rolled");
+    let end = log.log_end_offset();
+    log.close().unwrap();
+    let mut log = open(dir.path(), config(), &clock);
+    let retry = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    assert_eq!(
+        (retry.first_offset, retry.bytes),
+        (end - 2, 0),
+        "after a clean close"
+    );
+    log.append(&mut idempotent(3, 0, seq, 2), 0).unwrap();
+    seq += 2;
+    drop(log); // crash: the last batch is after the newest snapshot
+    let mut log = open(dir.path(), config(), &clock);
+    let retry = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    assert_eq!((retry.first_offset, retry.bytes), (end, 0), "after a crash");
+    assert!(matches!(
+        log.append(&mut idempotent(3, 0, seq + 1, 1), 0),
+        Err(StorageError::OutOfOrderSequence { .. })
+    ));
+    // Truncation (a follower dropping divergent history) forgets the dropped batches.
+    log.truncate_to(end).unwrap();
+    let again = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    assert_eq!((again.first_offset, again.bytes > 0), (end, true));
+    // Every snapshot file is named by its offset and readable.
+    let snapshots = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".producers")
+        })
+        .count();
+    assert!((1..=3).contains(&snapshots), "{snapshots} snapshots");
+}

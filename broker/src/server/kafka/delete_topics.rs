@@ -61,6 +61,7 @@ impl KafkaService {
             }
         }
         let topics = self.topics.clone();
+        let groups = self.groups.clone();
         // Deleting renames and removes directories: on a blocking thread.
         let deleted = blocking(move || {
             resolved
@@ -68,6 +69,10 @@ impl KafkaService {
                 .map(|(asked_name, id, target)| {
                     let outcome = target.and_then(|name| {
                         topics.delete(&name).map_err(refusal)?;
+                        // Its committed offsets go with it (as Kafka).
+                        if let Err(e) = groups.forget_topic(&name) {
+                            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's offsets");
+                        }
                         Ok(name)
                     });
                     (asked_name, id, outcome)

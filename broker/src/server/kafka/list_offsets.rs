@@ -14,7 +14,11 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
 impl KafkaService {
-    pub(super) async fn list_offsets(&self, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    pub(super) async fn list_offsets(
+        &self,
+        request: ListOffsetsRequest,
+        version: i16,
+    ) -> ListOffsetsResponse {
         let mut lookups = Vec::new();
         for topic in request.topics {
             let name = topic.name.0.to_string();
@@ -46,8 +50,8 @@ impl KafkaService {
                         LATEST => Some(OffsetSpec::Latest),
                         EARLIEST => Some(OffsetSpec::Earliest),
                         t if t >= 0 => Some(OffsetSpec::Timestamp(t)),
-                        // -3 (max timestamp, v7) and -4 (KIP-734 local start) are not
-                        // served yet.
+                        // -3 (max timestamp) comes at v7, which is not advertised;
+                        // -4 (KIP-734 local start) neither.
                         _ => None,
                     };
                     match (partition, spec) {
@@ -57,7 +61,11 @@ impl KafkaService {
                             Ok((offset, timestamp_ms)) => {
                                 answer.offset = offset;
                                 answer.timestamp = timestamp_ms;
-                                answer.leader_epoch = if offset >= 0 { 0 } else { -1 };
+                                // The field exists from v4 (set below that, the
+                                // answer cannot be encoded).
+                                if version >= 4 && offset >= 0 {
+                                    answer.leader_epoch = 0;
+                                }
                             }
                             Err(e) => answer.error_code = storage_error_code(&e),
                         },

@@ -8,7 +8,7 @@
 //!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], and the admin
 //!   APIs: [`create_topics`], [`delete_topics`], [`create_partitions`],
 //!   [`describe_configs`], [`alter_configs`], [`incremental_alter_configs`],
-//!   [`delete_records`]. [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
+//!   [`delete_records`]; [`init_producer_id`] for idempotent producers. [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
 //!   SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
 //!   DescribeGroups, DeleteGroups) on the broker's group coordinator.
 //!
@@ -29,6 +29,7 @@ pub mod describe_configs;
 pub mod fetch;
 pub mod groups;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
@@ -98,6 +99,8 @@ pub struct KafkaService {
     pub topics: Arc<TopicManager>,
     /// The group coordinator, shared with the gRPC API.
     pub groups: Arc<Coordinator>,
+    /// Hands out idempotent producers' ids.
+    pub producer_ids: Arc<init_producer_id::ProducerIds>,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the broker shuts down: connections close after the request in
     /// hand, and long polls return at once.
@@ -201,7 +204,7 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Option<Bytes>,
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
@@ -213,6 +216,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -247,13 +251,27 @@ impl KafkaService {
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let api = ApiKey::try_from(key).map_err(|()| KafkaError::UnknownApiKey(key))?;
-        let (min, max) = supported(api).ok_or(KafkaError::UnsupportedApi { api })?;
+        let Some((min, max)) = supported(api) else {
+            // Not advertised: refused with UNSUPPORTED_VERSION where the API's response
+            // can carry it, else the connection is closed.
+            return match unsupported_answer(api, version, correlation_id) {
+                Some(frame) => {
+                    tracing::info!(?api, version, "refused a request for an API not served");
+                    Ok(Some(frame))
+                }
+                None => Err(KafkaError::UnsupportedApi { api }),
+            };
+        };
         if !(min..=max).contains(&version) {
             if api == ApiKey::ApiVersions {
                 tracing::info!(version, "ApiVersions at an unsupported version");
                 let response = api_versions::unsupported_version();
                 return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response))
                     .map(Some);
+            }
+            if let Some(frame) = unsupported_answer(api, version, correlation_id) {
+                tracing::info!(?api, version, "refused a request at a version not served");
+                return Ok(Some(frame));
             }
             return Err(KafkaError::UnsupportedVersion {
                 api,
@@ -271,8 +289,11 @@ impl KafkaService {
             RequestKind::Metadata(r) => Some(ResponseKind::Metadata(self.metadata(r, version))),
             RequestKind::Produce(r) => self.produce(r).await.map(ResponseKind::Produce),
             RequestKind::Fetch(r) => Some(ResponseKind::Fetch(self.fetch(r).await)),
-            RequestKind::ListOffsets(r) => {
-                Some(ResponseKind::ListOffsets(self.list_offsets(r).await))
+            RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
+                self.list_offsets(r, version).await,
+            )),
+            RequestKind::InitProducerId(r) => {
+                Some(ResponseKind::InitProducerId(self.init_producer_id(r).await))
             }
             RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
                 self.find_coordinator(r, version),
@@ -336,6 +357,49 @@ impl KafkaService {
     }
 }
 
+/// The answer to a request the broker does not serve, for the APIs whose response has a
+/// top-level error code: that response with UNSUPPORTED_VERSION, at the request's version
+/// (when the codec knows it and the field exists there). `None`: close the connection.
+fn unsupported_answer(api: ApiKey, version: i16, correlation_id: i32) -> Option<BytesMut> {
+    use kafka_protocol::messages::*;
+    let known = api.valid_versions();
+    if !(known.min..=known.max).contains(&version) {
+        return None;
+    }
+    let code = ResponseError::UnsupportedVersion.code();
+    macro_rules! refuse {
+        ($($api:ident => $response:ident),* $(,)?) => {
+            match api {
+                $(ApiKey::$api => {
+                    let mut response = $response::default();
+                    response.error_code = code;
+                    ResponseKind::$api(response)
+                })*
+                _ => return None,
+            }
+        };
+    }
+    let response = refuse!(
+        // Transactions, security and the newer group and admin APIs.
+        EndTxn => EndTxnResponse,
+        AddOffsetsToTxn => AddOffsetsToTxnResponse,
+        ListTransactions => ListTransactionsResponse,
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        DescribeAcls => DescribeAclsResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse,
+        PushTelemetry => PushTelemetryResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsResponse,
+        ElectLeaders => ElectLeadersResponse,
+        ListPartitionReassignments => ListPartitionReassignmentsResponse,
+        AlterPartitionReassignments => AlterPartitionReassignmentsResponse,
+        DescribeLogDirs => DescribeLogDirsResponse,
+    );
+    encode(api, version, correlation_id, &response).ok()
+}
+
 fn decode_error<E: std::fmt::Display>(api: ApiKey, version: i16) -> impl Fn(E) -> KafkaError {
     move |e| KafkaError::Decode {
         api,
@@ -385,6 +449,9 @@ pub fn storage_error_code(e: &StorageError) -> i16 {
         StorageError::LogOffline { .. } | StorageError::Io { .. } => {
             ResponseError::KafkaStorageError
         }
+        StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        StorageError::DuplicateSequence { .. } => ResponseError::DuplicateSequenceNumber,
         _ => return -1, // UNKNOWN_SERVER_ERROR
     };
     error.code()

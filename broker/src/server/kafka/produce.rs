@@ -52,11 +52,14 @@ impl KafkaService {
                     match partition.produce(records, acks).await {
                         Ok(produced) => {
                             let info = produced.info;
-                            metrics.produced(
-                                &topic,
-                                bytes,
-                                info.last_offset - info.first_offset + 1,
-                            );
+                            // A retried idempotent batch (written before) counts once.
+                            if info.batches > 0 {
+                                metrics.produced(
+                                    &topic,
+                                    bytes,
+                                    info.last_offset - info.first_offset + 1,
+                                );
+                            }
                             response.base_offset = info.first_offset;
                             response.log_append_time_ms = info.log_append_time_ms.unwrap_or(-1);
                             response.log_start_offset = produced.log_start_offset;
