@@ -994,3 +994,86 @@ fn requests_for_apis_not_served_get_unsupported_version_and_the_connection_goes_
     }
     assert!(!listed.contains(&26), "EndTxn is not advertised");
 }
+
+/// `fjord group describe GROUP`'s "Group epoch" and "Members" lines.
+fn epoch_and_members(broker: &BrokerProcess, group: &str) -> (i32, usize) {
+    let out = fjord_ok(broker, &["group", "describe", group], b"");
+    let field = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .trim()
+            .to_owned()
+    };
+    (
+        field("Group epoch:").parse().unwrap(),
+        field("Members:").parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_static_member_takes_its_place_back_without_a_rebalance() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &["--group-initial-rebalance-delay-ms", "0"]);
+    create_topic(&broker, "events", 4);
+    let seen: SeenOffsets = Arc::new(Mutex::new(BTreeSet::new()));
+    let assigned = Arc::new(AtomicUsize::new(0));
+    let member = |instance: &str| {
+        group_member(
+            &broker,
+            "statics",
+            instance,
+            &[
+                ("group.instance.id", instance),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+            seen.clone(),
+            assigned.clone(),
+            Arc::new(Barrier::new(1)),
+        )
+    };
+    // The first member leads (a leader that restarts would rebalance the group).
+    let leader = member("static-0");
+    wait_until("the leader's partitions", || {
+        assigned.load(Ordering::SeqCst) == 1
+    });
+    let follower = member("static-1");
+    wait_until("both members' partitions", || {
+        assigned.load(Ordering::SeqCst) == 2
+    });
+    produce_events(&broker, "lz4", 0, 1_000).await;
+    wait_until("1,000 records read", || seen.lock().unwrap().len() == 1_000);
+    wait_until("a stable group of two", || {
+        fjord_ok(&broker, &["group", "describe", "statics"], b"").contains("State: STABLE")
+    });
+    let (epoch, members) = epoch_and_members(&broker, "statics");
+    assert_eq!(members, 2);
+
+    // The follower restarts: a static member leaves no LeaveGroup behind, and its
+    // successor under the same group.instance.id takes the place back at once.
+    follower.stop.store(true, Ordering::SeqCst);
+    let held = follower.thread.join().unwrap();
+    assert!(!held.is_empty());
+    let successor = member("static-1");
+    wait_until("the successor's partitions", || {
+        assigned.load(Ordering::SeqCst) == 3
+    });
+    assert_eq!(
+        epoch_and_members(&broker, "statics"),
+        (epoch, 2),
+        "same generation, no rebalance"
+    );
+    produce_events(&broker, "zstd", 1_000, 1_000).await;
+    wait_until("2,000 records read", || seen.lock().unwrap().len() == 2_000);
+    for m in [&leader, &successor] {
+        m.stop.store(true, Ordering::SeqCst);
+    }
+    let successor_held = successor.thread.join().unwrap();
+    leader.thread.join().unwrap();
+    assert_eq!(
+        successor_held, held,
+        "the successor got its predecessor's partitions"
+    );
+}

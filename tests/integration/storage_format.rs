@@ -935,9 +935,15 @@ fn fixture_is_kafka_format() {
             "{name}: not a 20-digit base offset"
         );
         assert!(
-            ["log", "index", "timeindex"].contains(&kind),
+            ["log", "index", "timeindex", "producers"].contains(&kind),
             "unexpected file {name}"
         );
+        if kind == "producers" {
+            // Fjord's own (Kafka's `.snapshot` holds the same state in its own layout):
+            // docs/design/on-disk-format.md.
+            let bytes = std::fs::read(dir.join(name)).expect("read snapshot");
+            assert_eq!(&bytes[..4], b"FJPS", "{name}");
+        }
         if kind == "log" {
             bases.push(stem.parse::<i64>().expect("base offset"));
         }
@@ -959,8 +965,16 @@ fn fixture_is_kafka_format() {
         ]
         .map(String::from),
     );
+    // Producer snapshots: the newest three rolls' and the close's (the fixture's batches
+    // carry an idempotent producer).
+    expected_names.extend(names.iter().filter(|n| n.ends_with(".producers")).cloned());
     expected_names.sort();
     assert_eq!(names, expected_names);
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".producers")).count(),
+        3,
+        "the newest three producer snapshots are kept"
+    );
 
     let expected = expected_batches();
     let mut next_batch = expected.iter();
@@ -1231,10 +1245,16 @@ fn compressed_batches_are_stored_as_sent() {
         Compression::Lz4,
         Compression::Zstd,
     ];
-    let producer = ProducerFields {
-        producer_id: 77,
-        producer_epoch: 2,
-        base_sequence: 10,
+    // An idempotent producer's batches: each continues the sequence of the one before.
+    let mut sequence = 10;
+    let mut producer = |records: usize| {
+        let fields = ProducerFields {
+            producer_id: 77,
+            producer_epoch: 2,
+            base_sequence: sequence,
+        };
+        sequence += records as i32;
+        fields
     };
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("compressed-0");
@@ -1244,7 +1264,7 @@ fn compressed_batches_are_stored_as_sent() {
     };
     let mut log = Log::open(&dir, config.clone(), fixture_clock()).expect("open");
     // Something first, so that offsets are rewritten to non-zero values.
-    let mut first = encode_batch_with(&compressible_records(3), Compression::None, producer)
+    let mut first = encode_batch_with(&compressible_records(3), Compression::None, producer(3))
         .expect("encode")
         .to_vec();
     log.append(&mut first, 1).expect("append");
@@ -1252,8 +1272,8 @@ fn compressed_batches_are_stored_as_sent() {
     // (base offset, epoch, codec, bytes as sent)
     let mut sent = Vec::new();
     for (i, codec) in CODECS.into_iter().enumerate() {
-        let batch =
-            encode_batch_with(&compressible_records(20 + i), codec, producer).expect("encode");
+        let batch = encode_batch_with(&compressible_records(20 + i), codec, producer(20 + i))
+            .expect("encode");
         let epoch = 2 + i as i32;
         let info = log.append(&mut batch.to_vec(), epoch).expect("append");
         sent.push((info.first_offset, epoch, codec, batch));
@@ -1262,7 +1282,8 @@ fn compressed_batches_are_stored_as_sent() {
     let mut together = Vec::new();
     let mut sizes = Vec::new();
     for codec in CODECS {
-        let batch = encode_batch_with(&compressible_records(30), codec, producer).expect("encode");
+        let batch =
+            encode_batch_with(&compressible_records(30), codec, producer(30)).expect("encode");
         sizes.push((codec, batch.clone()));
         together.extend_from_slice(&batch);
     }

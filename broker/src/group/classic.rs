@@ -315,7 +315,9 @@ impl Classic {
                         let Some(mut member) = self.members.remove(&old) else {
                             unreachable!("checked by the guard")
                         };
-                        let unchanged = member.protocols == request.protocols;
+                        // As Kafka: only a change of the group's protocol rebalances (the
+                        // metadata differs anyway: a restarted consumer owns nothing yet).
+                        let unchanged = request.protocols.iter().any(|(n, _)| *n == self.protocol);
                         member.protocols = request.protocols.clone();
                         member.session_timeout_ms = request.session_timeout_ms;
                         member.rebalance_timeout_ms = request.rebalance_timeout_ms;

@@ -340,16 +340,7 @@ impl Coordinator {
         }
         let mut inputs = Vec::new();
         for tp in g.offsets().keys() {
-            let (key, _) = records::offset_commit(
-                group,
-                tp,
-                &Committed {
-                    offset: 0,
-                    metadata: String::new(),
-                    commit_timestamp_ms: now,
-                },
-            )?;
-            inputs.push(RecordInput::new(Some(key), None, now));
+            inputs.push(offset_tombstone(group, tp, now)?);
         }
         inputs.push(RecordInput::new(
             Some(records::group_tombstone_key(group)?),
@@ -509,19 +500,10 @@ impl Coordinator {
             if gone.is_empty() {
                 continue;
             }
-            let mut inputs = Vec::new();
-            for tp in &gone {
-                let (key, _) = records::offset_commit(
-                    id,
-                    tp,
-                    &Committed {
-                        offset: 0,
-                        metadata: String::new(),
-                        commit_timestamp_ms: now,
-                    },
-                )?;
-                inputs.push(RecordInput::new(Some(key), None, now));
-            }
+            let inputs = gone
+                .iter()
+                .map(|tp| offset_tombstone(id, tp, now))
+                .collect::<Result<Vec<_>, _>>()?;
             self.append(id, &inputs)?;
             for tp in gone {
                 g.restore_offset(tp, None);
@@ -625,6 +607,21 @@ impl Coordinator {
         partition.append(&mut batch, Acks::All)?;
         Ok(())
     }
+}
+
+/// The record that removes `group`'s committed offset of `tp` (compaction drops both).
+fn offset_tombstone(
+    group: &str,
+    tp: &TopicPartition,
+    now: i64,
+) -> Result<RecordInput, CoordinatorError> {
+    let any = Committed {
+        offset: 0,
+        metadata: String::new(),
+        commit_timestamp_ms: now,
+    };
+    let (key, _) = records::offset_commit(group, tp, &any)?;
+    Ok(RecordInput::new(Some(key), None, now))
 }
 
 #[cfg(test)]

@@ -252,7 +252,8 @@ impl Fjord for FjordService {
             topics.delete(&name).map_err(topic_status)?;
             // Its committed offsets go with it (as Kafka).
             if let Err(e) = groups.forget_topic(&name) {
-                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's offsets");
+                let reason = "could not drop the deleted topic's offsets";
+                tracing::warn!(topic = %name, error = %e, "{reason}");
             }
             Ok::<(), Status>(())
         })

@@ -295,19 +295,22 @@ impl Log {
     }
 
     /// Rebuilds the producer state: the newest snapshot at or below the log end, then the
-    /// batch headers after it (snapshots above the log end are removed).
+    /// batch headers after it (snapshots above the log end are removed). Without a
+    /// snapshot only the active segment is replayed: snapshots are written at every roll
+    /// once an idempotent producer has written, so none means none wrote before the active
+    /// segment (or the data predates snapshots, whose producers then start afresh). So an
+    /// open never reads more than the active segment's headers.
     fn rebuild_producers(&mut self) -> Result<()> {
         producers::remove_snapshots_above(&self.dir, self.log_end_offset)?;
-        let first = self
+        let active = self
             .segments
-            .iter()
-            .next()
-            .map_or(self.log_start_offset, Segment::base_offset)
+            .active()
+            .base_offset()
             .max(self.log_start_offset);
         let (mut offset, mut state) =
             match producers::load_snapshot(&self.dir, self.log_end_offset)? {
-                Some((at, state)) => (at.max(first), state),
-                None => (first, Producers::default()),
+                Some((at, state)) => (at.max(self.log_start_offset), state),
+                None => (active, Producers::default()),
             };
         while offset < self.log_end_offset {
             let read = self.read(offset, 8 << 20, ReadLimit::LogEnd)?;
@@ -739,14 +742,15 @@ impl Log {
             active.seal()?;
             active.flush()?;
             let durable = self.log_end_offset;
+            // The producer state below the new segment, before the segment exists: a
+            // restart replays only the headers written after it.
+            self.producers.write_snapshot(&self.dir, base_offset)?;
             self.segments
                 .insert(Segment::create(&self.dir, base_offset, options, now)?);
             self.recovery_point.fetch_max(durable, Ordering::SeqCst);
             // Checkpointed now, not at the next periodic checkpoint: a restart after a
             // crash then scans only the segment written since (a small file per roll).
             self.write_meta()?;
-            // So is the producer state: a restart replays only the new segment's headers.
-            self.producers.write_snapshot(&self.dir, base_offset)?;
         }
         checkpoint::sync_dir(&self.dir)
     }

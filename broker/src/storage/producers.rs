@@ -195,7 +195,11 @@ impl Producers {
 
     /// Writes the snapshot of the state below `offset` (atomically: a temporary file
     /// renamed into place) and removes all but the newest few.
+    /// Nothing is written while no idempotent producer has written to the log.
     pub fn write_snapshot(&self, dir: &Path, offset: i64) -> super::Result<()> {
+        if self.map.is_empty() && list_snapshots(dir)?.is_empty() {
+            return Ok(());
+        }
         let path = snapshot_path(dir, offset);
         checkpoint::write_atomically(&path, &self.encode())?;
         let snapshots = list_snapshots(dir)?;
@@ -333,7 +337,8 @@ pub fn load_snapshot(dir: &Path, max_offset: i64) -> super::Result<Option<(i64, 
         match Producers::decode(&bytes) {
             Ok(producers) => return Ok(Some((offset, producers))),
             Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "skipping a damaged producer snapshot");
+                let path = path.display();
+                tracing::warn!(%path, %reason, "skipping a damaged producer snapshot");
             }
         }
     }
@@ -433,9 +438,17 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_written_before_an_idempotent_producer_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        Producers::default().write_snapshot(dir.path(), 10).unwrap();
+        assert!(list_snapshots(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
     fn old_snapshots_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let p = Producers::default();
+        let mut p = Producers::default();
+        p.record(1, 0, seq(0, 0, 0));
         for offset in [10, 20, 30, 40, 50] {
             p.write_snapshot(dir.path(), offset).unwrap();
         }

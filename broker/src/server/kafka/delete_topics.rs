@@ -71,7 +71,8 @@ impl KafkaService {
                         topics.delete(&name).map_err(refusal)?;
                         // Its committed offsets go with it (as Kafka).
                         if let Err(e) = groups.forget_topic(&name) {
-                            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's offsets");
+                            let reason = "could not drop the deleted topic's offsets";
+                            tracing::warn!(topic = %name, error = %e, "{reason}");
                         }
                         Ok(name)
                     });

@@ -5,12 +5,12 @@
 //!   per connection (as Kafka, which mutes a channel until its response is sent), so
 //!   responses go out in request order.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
-//!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], and the admin
-//!   APIs: [`create_topics`], [`delete_topics`], [`create_partitions`],
-//!   [`describe_configs`], [`alter_configs`], [`incremental_alter_configs`],
-//!   [`delete_records`]; [`init_producer_id`] for idempotent producers. [`groups`] holds the group APIs (FindCoordinator, JoinGroup,
-//!   SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
-//!   DescribeGroups, DeleteGroups) on the broker's group coordinator.
+//!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], the admin APIs
+//!   ([`create_topics`], [`delete_topics`], [`create_partitions`], [`describe_configs`],
+//!   [`alter_configs`], [`incremental_alter_configs`], [`delete_records`]), and
+//!   [`init_producer_id`] for idempotent producers; [`groups`] holds the group APIs
+//!   (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//!   OffsetFetch, ListGroups, DescribeGroups, DeleteGroups) on the broker's coordinator.
 //!
 //! Every codec is the `kafka-protocol` crate's. A frame that cannot be served (a
 //! negative or oversized length, a truncated or undecodable body, an unknown API key or
