@@ -42,6 +42,10 @@ pub struct FlushPolicy {
     pub flush_ms: i64,
 }
 
+/// The largest append [`Partition::produce`] makes on the calling task rather than on a
+/// blocking thread (when it waits for no fsync).
+pub const INLINE_APPEND_BYTES: usize = 256 * 1024;
+
 /// One partition. See the module docs.
 #[derive(Debug)]
 pub struct Partition {
@@ -111,25 +115,32 @@ impl Partition {
 
     /// Appends `batches` as the leader and waits as `acks` says. Blocking.
     pub fn append(&self, batches: &mut [u8], acks: Acks) -> Result<AppendInfo, StorageError> {
-        let info = {
-            let mut log = self.log_mut();
-            if self.is_deleted() {
-                return Err(StorageError::LogOffline {
-                    dir: log.dir().to_path_buf(),
-                });
-            }
-            let info = log.append(batches, 0)?;
-            // Single replica: the ISR is this broker, the high watermark is the log end.
-            let end = log.log_end_offset();
-            log.update_high_watermark(end);
-            // Published under the lock, and never backwards, so waiters see every advance.
-            self.high_watermark.send_if_modified(|hw| {
-                let advanced = end > *hw;
-                *hw = (*hw).max(end);
-                advanced
+        let info = self.append_locked(&mut self.log_mut(), batches)?;
+        self.after_append(info, acks)
+    }
+
+    /// The append itself, under the log's write lock.
+    fn append_locked(&self, log: &mut Log, batches: &mut [u8]) -> Result<AppendInfo, StorageError> {
+        if self.is_deleted() {
+            return Err(StorageError::LogOffline {
+                dir: log.dir().to_path_buf(),
             });
-            info
-        };
+        }
+        let info = log.append(batches, 0)?;
+        // Single replica: the ISR is this broker, the high watermark is the log end.
+        let end = log.log_end_offset();
+        log.update_high_watermark(end);
+        // Published under the lock, and never backwards, so waiters see every advance.
+        self.high_watermark.send_if_modified(|hw| {
+            let advanced = end > *hw;
+            *hw = (*hw).max(end);
+            advanced
+        });
+        Ok(info)
+    }
+
+    /// What follows an append: the flush.messages policy, and acks=all's wait.
+    fn after_append(&self, info: AppendInfo, acks: Acks) -> Result<AppendInfo, StorageError> {
         let records = info.last_offset - info.first_offset + 1;
         let unflushed = self.unflushed.fetch_add(records, Ordering::SeqCst) + records;
         let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,6 +161,30 @@ impl Partition {
         let mut records = records
             .try_into_mut()
             .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        // A small append that waits for no fsync (acks 0 or 1, no flush.messages policy) is
+        // a page-cache write of microseconds: done here when the lock is free and no roll
+        // (which fsyncs) is due, without the hop to a blocking thread and back.
+        let never_flushes = self
+            .flush_policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_messages
+            == i64::MAX;
+        if acks != Acks::All
+            && never_flushes
+            && records.len() <= INLINE_APPEND_BYTES
+            && let Ok(mut log) = self.log.try_write()
+            && !log.would_roll(records.len() as u64)
+        {
+            let appended = self.append_locked(&mut log, &mut records);
+            let log_start_offset = log.log_start_offset();
+            drop(log);
+            let info = appended.and_then(|info| self.after_append(info, acks))?;
+            return Ok(Produced {
+                info,
+                log_start_offset,
+            });
+        }
         let partition = self.clone();
         tokio::task::spawn_blocking(move || {
             let info = partition.append(&mut records, acks)?;
@@ -267,5 +302,56 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{LogConfig, ManualClock};
+    use fjord_protocol::codec::{Compression, RecordInput, encode_batch};
+
+    fn batch(n: usize) -> Bytes {
+        let records: Vec<RecordInput> = (0..n)
+            .map(|i| RecordInput::new(None, Some(vec![i as u8; 10]), 0))
+            .collect();
+        encode_batch(&records, Compression::None).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn produce_gives_the_same_result_inline_and_on_a_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), Arc::new(ManualClock::new(0)));
+        let never = FlushPolicy {
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+        };
+        let p = Arc::new(Partition::new("t", 0, log.unwrap(), never));
+        let hw = p.high_watermark_changes();
+        // The lock is free: appended on this task.
+        let first = p.produce(batch(3), Acks::Leader).await.unwrap();
+        assert_eq!((first.info.first_offset, first.info.last_offset), (0, 2));
+        assert_eq!(*hw.borrow(), 3);
+        // A reader holds the lock: the append waits for it on a blocking thread.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let reader = p.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = reader.log();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        held_rx.recv().unwrap();
+        let producer = p.clone();
+        let second = tokio::spawn(async move { producer.produce(batch(2), Acks::Leader).await });
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert_eq!((second.info.first_offset, second.info.last_offset), (3, 4));
+        // acks=all always waits for its fsync on a blocking thread.
+        let third = p.produce(batch(1), Acks::All).await.unwrap();
+        assert_eq!(third.info.first_offset, 5);
+        assert!(p.log().recovery_point() >= 6);
+        assert_eq!(*hw.borrow(), 6);
     }
 }

@@ -698,6 +698,16 @@ impl Log {
         Ok(())
     }
 
+    /// Whether appending `bytes` now would roll the segment first (a roll fsyncs; callers
+    /// that must not block long check this first). An estimate of [`Self::should_roll`]:
+    /// the batches' offsets are not known yet.
+    pub fn would_roll(&self, bytes: u64) -> bool {
+        self.should_roll(
+            bytes,
+            self.log_end_offset + bytes.min(u32::MAX as u64) as i64 / 8,
+        )
+    }
+
     fn should_roll(&self, bytes: u64, last_offset: i64) -> bool {
         let active = self.segments.active();
         if active.is_empty() {

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# W1 and W5 against two builds, alternately, each run on a fresh broker: an A/B of a
+# change on this noisy VM. Usage, from the repository root:
+#   scripts/bench/ab.sh BEFORE_DIR AFTER_DIR [ROUNDS]
+# where each DIR holds fjord-broker, fjord and examples/kafka_perf_produce (a
+# `target/release` of `cargo build --release -p fjord-broker -p fjord-tools --example
+# kafka_perf_produce`; copy the "before" one aside first).
+set -euo pipefail
+before=$1 after=$2 rounds=${3:-3}
+run() { # label bindir workload
+    local label=$1 bindir=$2 workload=$3
+    (
+        export FJORD_BIN=$bindir
+        source "$(dirname "$0")/common.sh"
+        start_broker
+        if [ "$workload" = W1 ]; then
+            "$BIN/fjord" topic create perf --partitions 1 >/dev/null
+            "$BIN/fjord" perf produce --topic perf --num-records 500000 --record-size 1024 \
+                --acks 1 --json | sed "s/^/$label W1 /"
+        else
+            "$BIN/fjord" topic create k1 --partitions 1 >/dev/null
+            "$BIN/examples/kafka_perf_produce" --bootstrap "$KAFKA" --topic k1 \
+                --num-records 500000 --record-size 1024 --acks 1 | tail -1 | sed "s/^/$label W5 /"
+        fi
+    )
+}
+for _ in $(seq "$rounds"); do
+    for workload in W1 W5; do
+        run before "$before" "$workload"
+        run after "$after" "$workload"
+    done
+done
