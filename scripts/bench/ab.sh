@@ -24,9 +24,16 @@ run() { # label bindir workload
         fi
     )
 }
-for _ in $(seq "$rounds"); do
+# Which build goes first alternates from round to round: a run is slowed by the writeback
+# of the one before it, so a fixed order would favour one side.
+for round in $(seq "$rounds"); do
     for workload in W1 W5; do
-        run before "$before" "$workload"
-        run after "$after" "$workload"
+        if [ $((round % 2)) -eq 1 ]; then
+            run before "$before" "$workload"
+            run after "$after" "$workload"
+        else
+            run after "$after" "$workload"
+            run before "$before" "$workload"
+        fi
     done
 done

@@ -321,7 +321,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn produce_gives_the_same_result_inline_and_on_a_blocking_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), LogConfig::default(), Arc::new(ManualClock::new(0)));
+        let log = Log::open(
+            dir.path(),
+            LogConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        );
         let never = FlushPolicy {
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,

@@ -1,9 +1,10 @@
 //! The Kafka wire-protocol listener, so that Kafka clients work unchanged.
 //!
 //! - [`serve`]: the accept loop (a semaphore on connections; stops on shutdown).
-//! - `Connection` handling: 4-byte big-endian size-prefixed frames, one request at a time
-//!   per connection (as Kafka, which mutes a channel until its response is sent), so
-//!   responses go out in request order.
+//! - `Connection` handling: 4-byte big-endian size-prefixed frames, read ahead by a
+//!   reader task (within a byte budget) while one request at a time is handled (as
+//!   Kafka, which handles a connection's requests in order), so responses go out in
+//!   request order.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
 //!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], the admin APIs
 //!   ([`create_topics`], [`delete_topics`], [`create_partitions`], [`describe_configs`],
@@ -44,7 +45,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::cluster::{TopicError, TopicManager};
@@ -152,31 +153,78 @@ pub async fn serve(listener: TcpListener, service: Arc<KafkaService>) -> Result<
     Ok(())
 }
 
+/// Frames read ahead of the one being handled hold at most this many bytes (a larger
+/// frame is read alone).
+const READ_AHEAD_BYTES: usize = 16 << 20;
+
+/// A read frame, with its share of the connection's read-ahead budget (returned when
+/// the frame has been handled).
+type ReadFrame = (Bytes, OwnedSemaphorePermit);
+
 /// Serves one connection until the peer closes it, a frame cannot be served, or shutdown.
+/// A reader task reads the next frames while one is handled (clients such as librdkafka
+/// pipeline their requests), within [`READ_AHEAD_BYTES`]; requests are still handled one
+/// at a time and answered in order.
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: std::net::SocketAddr,
     service: &KafkaService,
 ) -> Result<(), KafkaError> {
     let client_host = format!("/{}", peer.ip());
     let mut shutdown = service.shutdown.clone();
+    let (mut reader, mut writer) = stream.into_split();
+    let (frames, mut next) = mpsc::channel::<Result<ReadFrame, KafkaError>>(64);
+    let max = service.request_bytes_max;
+    // Aborted when this returns, whatever the reason.
+    let _read_ahead = AbortOnDrop(tokio::spawn(async move {
+        let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
+        loop {
+            match read_frame(&mut reader, max, &budget).await {
+                Ok(Some(frame)) => {
+                    if frames.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = frames.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }));
     loop {
         let frame = tokio::select! {
-            frame = read_frame(&mut stream, service.request_bytes_max) => frame?,
+            frame = next.recv() => frame,
             _ = stopped(&mut shutdown) => return Ok(()),
         };
+        // `None`: the peer closed the connection between frames.
         let Some(frame) = frame else {
             return Ok(());
         };
+        let (frame, _budget) = frame?;
         if let Some(response) = service.handle(frame, &client_host).await? {
-            stream.write_all(&response).await?;
+            writer.write_all(&response).await?;
         }
     }
 }
 
-/// Reads one size-prefixed frame; `None` when the peer closed the connection between
-/// frames.
-async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Option<Bytes>, KafkaError> {
+/// Aborts the task when dropped (the reader of a connection that is being closed).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads one size-prefixed frame, taking its size (at most the whole budget) from
+/// `budget` first; `None` when the peer closed the connection between frames.
+async fn read_frame(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<ReadFrame>, KafkaError> {
     let mut size = [0u8; 4];
     match stream.read_exact(&mut size).await {
         Ok(_) => {}
@@ -188,6 +236,12 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Option<Bytes>,
         return Err(KafkaError::FrameSize { size, max });
     }
     let size = size as usize;
+    let share = size.clamp(1, READ_AHEAD_BYTES) as u32;
+    let permit = budget
+        .clone()
+        .acquire_many_owned(share)
+        .await
+        .expect("never closed");
     let mut frame = BytesMut::with_capacity(size.min(FRAME_CHUNK_BYTES));
     while frame.len() < size {
         let want = (size - frame.len()).min(FRAME_CHUNK_BYTES);
@@ -197,7 +251,7 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Option<Bytes>,
             return Err(KafkaError::Truncated);
         }
     }
-    Ok(Some(frame.freeze()))
+    Ok(Some((frame.freeze(), permit)))
 }
 
 /// The APIs this listener serves, with the versions it advertises in ApiVersions.
