@@ -1050,6 +1050,18 @@ async fn a_restarted_static_member_takes_its_place_back_without_a_rebalance() {
     });
     let (epoch, members) = epoch_and_members(&broker, "statics");
     assert_eq!(members, 2);
+    // Kafka clients assign partitions themselves: a live group is not reset (as Kafka).
+    let reset = [
+        "group",
+        "reset-offsets",
+        "statics",
+        "--topic",
+        "events",
+        "--to-earliest",
+    ];
+    let (ok, _, stderr) =
+        crate::support::fjord(&broker, &[&reset[..], &["--execute"]].concat(), b"");
+    assert!(!ok && stderr.contains("active members"), "{stderr}");
 
     // The follower restarts: a static member leaves no LeaveGroup behind, and its
     // successor under the same group.instance.id takes the place back at once.

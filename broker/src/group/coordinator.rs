@@ -225,7 +225,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Sets the committed offsets of `offsets`' partitions, whatever the group's state.
+    /// Sets the committed offsets of `offsets`' partitions. A group of Kafka clients
+    /// (classic protocol) must have no members (`NotEmpty`), as in Kafka.
     /// On a live group, the members holding any of them are first asked to give them up
     /// (they commit and release them at their next heartbeat); the offsets are set once
     /// nobody holds them, and then the partitions are handed out again, so the members
@@ -250,6 +251,11 @@ impl Coordinator {
         let mut groups = self.lock();
         let g = self.entry(&mut groups, group);
         g.expire(self.clock.now_ms());
+        if !g.classic().is_empty() {
+            // Kafka clients assign partitions themselves: nothing can take them back
+            // while they run, so (as Kafka) the group must be inactive.
+            return Err(GroupError::NotEmpty(group.to_owned()).into());
+        }
         let live = g.holds_any(&tps);
         if live {
             let config = g.config();
@@ -702,6 +708,28 @@ mod tests {
             BTreeSet::from(["views".to_string()]),
             "the deleted group stays deleted"
         );
+    }
+
+    #[test]
+    fn a_live_group_of_kafka_clients_is_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let (_topics, c) = open(dir.path(), &clock);
+        let join = JoinRequest {
+            client_id: "c".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), bytes::Bytes::new())],
+            ..JoinRequest::default()
+        };
+        c.classic_join("kafka-views", join).unwrap();
+        let reset = c.reset_offsets("kafka-views", &[(TopicPartition::new("orders", 0), 0)]);
+        assert!(matches!(
+            reset,
+            Err(CoordinatorError::Group(GroupError::NotEmpty(_)))
+        ));
+        assert!(c.fetch_offsets("kafka-views", &[]).is_empty());
     }
 
     #[test]
