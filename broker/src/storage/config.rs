@@ -89,6 +89,9 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`
     pub message_timestamp_type: TimestampType,
+    /// Kafka's broker-level `producer.id.expiration.ms`: an idempotent producer silent
+    /// this long is forgotten (not a topic config).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -105,6 +108,7 @@ impl Default for LogConfig {
             min_cleanable_dirty_ratio: 0.5,
             max_message_bytes: 1024 * 1024 + 12,
             message_timestamp_type: TimestampType::CreateTime,
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
         }
     }
 }

@@ -302,6 +302,7 @@ impl Log {
     /// open never reads more than the active segment's headers.
     fn rebuild_producers(&mut self) -> Result<()> {
         producers::remove_snapshots_above(&self.dir, self.log_end_offset)?;
+        let now = self.clock.now_ms();
         let active = self
             .segments
             .active()
@@ -320,11 +321,12 @@ impl Log {
             for header in fjord_protocol::BatchIter::new(&read.records) {
                 let header = header.map_err(StorageError::Codec)?;
                 if header.last_offset() >= offset {
-                    state.replay(&header);
+                    state.replay(&header, now);
                 }
                 offset = offset.max(header.next_offset());
             }
         }
+        state.expire(now, self.config.producer_id_expiration_ms);
         self.producers = state;
         Ok(())
     }
@@ -554,7 +556,7 @@ impl Log {
                             first_offset: meta.base_offset,
                             last_offset: meta.last_offset,
                         };
-                        producers::record_entry(&mut entry, epoch, batch);
+                        producers::record_entry(&mut entry, epoch, batch, now);
                         match at {
                             Some(i) => touched[i].1 = entry,
                             None => touched.push((id, entry)),
@@ -754,6 +756,8 @@ impl Log {
             let durable = self.log_end_offset;
             // The producer state below the new segment, before the segment exists: a
             // restart replays only the headers written after it.
+            self.producers
+                .expire(now, self.config.producer_id_expiration_ms);
             self.producers.write_snapshot(&self.dir, base_offset)?;
             self.segments
                 .insert(Segment::create(&self.dir, base_offset, options, now)?);

@@ -7,9 +7,11 @@
 //! Persisted with the log: a snapshot `<offset>.producers` holds the state of every batch
 //! below `offset` (written when a segment rolls and on a clean close); opening a log
 //! loads the newest snapshot at or below the log end and replays the batch headers after
-//! it. File layout (big-endian): magic `FJPS`, version u16, count u32, then per producer
-//! id i64, epoch i16, batch count u8, and per batch first sequence i32, last sequence
-//! i32, first offset i64, last offset i64; last a CRC-32C of everything before it.
+//! it. File layout (big-endian): magic `FJPS`, version u16 (2), count u32, then per
+//! producer id i64, epoch i16, last seen (ms) i64, batch count u8, and per batch first
+//! sequence i32, last sequence i32, first offset i64, last offset i64; last a CRC-32C of
+//! everything before it. Producers silent for `producer.id.expiration.ms` are forgotten
+//! at each roll and open.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -25,7 +27,7 @@ pub const BATCHES_KEPT: usize = 5;
 
 const SUFFIX: &str = ".producers";
 const MAGIC: &[u8; 4] = b"FJPS";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Snapshots kept besides the newest (a truncation may need an older one).
 const SNAPSHOTS_KEPT: usize = 2;
 
@@ -43,6 +45,9 @@ pub struct ProducerEntry {
     pub epoch: i16,
     /// Oldest first.
     pub batches: VecDeque<BatchSeq>,
+    /// When it last wrote (the broker's clock; for batches replayed on open, the time of
+    /// the open: an entry may be kept too long, never dropped too early).
+    pub last_seen_ms: i64,
 }
 
 /// What an idempotent batch is, given the state.
@@ -105,8 +110,24 @@ impl Producers {
     }
 
     /// Records an appended batch.
-    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchSeq) {
-        record_entry(self.map.entry(producer_id).or_default(), epoch, batch);
+    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchSeq, now_ms: i64) {
+        record_entry(
+            self.map.entry(producer_id).or_default(),
+            epoch,
+            batch,
+            now_ms,
+        );
+    }
+
+    /// Forgets the producers silent for longer than `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`): memory stays bounded however many producers come
+    /// and go; a batch of a forgotten producer is taken as from a new one. Returns how
+    /// many were forgotten.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) <= expiration_ms);
+        before - self.map.len()
     }
 
     /// Replaces one producer's entry.
@@ -116,7 +137,7 @@ impl Producers {
 
     /// Records a batch found in the log (replay); batches without a producer id or a
     /// sequence are not an idempotent producer's and are skipped.
-    pub fn replay(&mut self, header: &BatchHeader<'_>) {
+    pub fn replay(&mut self, header: &BatchHeader<'_>, now_ms: i64) {
         if header.producer_id() < 0 || header.base_sequence() < 0 {
             return;
         }
@@ -126,7 +147,7 @@ impl Producers {
             first_offset: header.base_offset(),
             last_offset: header.last_offset(),
         };
-        self.record(header.producer_id(), header.producer_epoch(), batch);
+        self.record(header.producer_id(), header.producer_epoch(), batch, now_ms);
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -140,6 +161,7 @@ impl Producers {
             let entry = &self.map[id];
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
             out.push(entry.batches.len() as u8);
             for b in &entry.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -175,6 +197,7 @@ impl Producers {
         for _ in 0..count {
             let id = i64::from_be_bytes(r.array()?);
             let epoch = i16::from_be_bytes(r.array()?);
+            let last_seen_ms = i64::from_be_bytes(r.array()?);
             let n = r.take(1)?[0] as usize;
             let mut batches = VecDeque::with_capacity(n.min(BATCHES_KEPT));
             for _ in 0..n {
@@ -185,7 +208,14 @@ impl Producers {
                     last_offset: i64::from_be_bytes(r.array()?),
                 });
             }
-            map.insert(id, ProducerEntry { epoch, batches });
+            map.insert(
+                id,
+                ProducerEntry {
+                    epoch,
+                    batches,
+                    last_seen_ms,
+                },
+            );
         }
         if !r.0.is_empty() {
             return Err(format!("{} bytes after the last producer", r.0.len()));
@@ -251,7 +281,8 @@ pub fn check_entry(
 }
 
 /// [`Producers::record`] on one producer's entry.
-pub fn record_entry(entry: &mut ProducerEntry, epoch: i16, batch: BatchSeq) {
+pub fn record_entry(entry: &mut ProducerEntry, epoch: i16, batch: BatchSeq, now_ms: i64) {
+    entry.last_seen_ms = now_ms;
     if epoch != entry.epoch || entry.batches.is_empty() {
         entry.epoch = epoch;
         entry.batches.clear();
@@ -366,9 +397,9 @@ mod tests {
             Ok(SeqCheck::Append),
             "unknown: any start"
         );
-        p.record(7, 0, seq(0, 4, 100));
+        p.record(7, 0, seq(0, 4, 100), 0);
         assert_eq!(p.check(7, 0, 5, 9), Ok(SeqCheck::Append));
-        p.record(7, 0, seq(5, 9, 105));
+        p.record(7, 0, seq(5, 9, 105), 0);
         // A retry of either batch is a duplicate with its offsets.
         assert_eq!(p.check(7, 0, 0, 4), Ok(SeqCheck::Duplicate(seq(0, 4, 100))));
         assert_eq!(p.check(7, 0, 5, 9), Ok(SeqCheck::Duplicate(seq(5, 9, 105))));
@@ -385,7 +416,7 @@ mod tests {
             Err(SeqError::OutOfOrder { expected: 0 })
         );
         assert_eq!(p.check(7, 1, 0, 3), Ok(SeqCheck::Append));
-        p.record(7, 1, seq(0, 3, 200));
+        p.record(7, 1, seq(0, 3, 200), 0);
         assert_eq!(
             p.get(7).unwrap().batches.len(),
             1,
@@ -397,7 +428,7 @@ mod tests {
     fn only_the_last_five_batches_are_remembered() {
         let mut p = Producers::default();
         for i in 0..7 {
-            p.record(1, 0, seq(i, i, i as i64));
+            p.record(1, 0, seq(i, i, i as i64), 0);
         }
         assert_eq!(p.get(1).unwrap().batches.len(), BATCHES_KEPT);
         assert_eq!(p.check(1, 0, 6, 6), Ok(SeqCheck::Duplicate(seq(6, 6, 6))));
@@ -413,7 +444,7 @@ mod tests {
         assert_eq!(last_sequence(i32::MAX - 1, 3), 0);
         assert_eq!(last_sequence(10, 1), 10);
         let mut p = Producers::default();
-        p.record(1, 0, seq(i32::MAX - 1, i32::MAX, 0));
+        p.record(1, 0, seq(i32::MAX - 1, i32::MAX, 0), 0);
         assert_eq!(p.check(1, 0, 0, 4), Ok(SeqCheck::Append));
     }
 
@@ -421,8 +452,8 @@ mod tests {
     fn snapshots_round_trip_and_damage_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Producers::default();
-        p.record(1, 0, seq(0, 9, 0));
-        p.record(2, 3, seq(4, 4, 10));
+        p.record(1, 0, seq(0, 9, 0), 0);
+        p.record(2, 3, seq(4, 4, 10), 0);
         p.write_snapshot(dir.path(), 11).unwrap();
         let (at, loaded) = load_snapshot(dir.path(), 100).unwrap().unwrap();
         assert_eq!((at, &loaded), (11, &p));
@@ -438,6 +469,17 @@ mod tests {
     }
 
     #[test]
+    fn silent_producers_are_forgotten_after_the_expiration() {
+        let mut p = Producers::default();
+        p.record(1, 0, seq(0, 0, 0), 1_000);
+        p.record(2, 0, seq(0, 0, 1), 5_000);
+        assert_eq!(p.expire(6_000, 4_000), 1);
+        assert!(p.get(1).is_none() && p.get(2).is_some());
+        // A forgotten producer's next batch is taken as a new producer's.
+        assert_eq!(p.check(1, 0, 7, 7), Ok(SeqCheck::Append));
+    }
+
+    #[test]
     fn nothing_is_written_before_an_idempotent_producer_writes() {
         let dir = tempfile::tempdir().unwrap();
         Producers::default().write_snapshot(dir.path(), 10).unwrap();
@@ -448,7 +490,7 @@ mod tests {
     fn old_snapshots_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Producers::default();
-        p.record(1, 0, seq(0, 0, 0));
+        p.record(1, 0, seq(0, 0, 0), 0);
         for offset in [10, 20, 30, 40, 50] {
             p.write_snapshot(dir.path(), offset).unwrap();
         }

@@ -1071,3 +1071,29 @@ fn producer_state_survives_a_clean_close_a_crash_and_rolls() {
         .count();
     assert!((1..=3).contains(&snapshots), "{snapshots} snapshots");
 }
+
+#[test]
+fn a_producer_silent_past_the_expiration_is_forgotten_at_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let config = LogConfig {
+        producer_id_expiration_ms: 60_000,
+        ..config()
+    };
+    let mut log = open(dir.path(), config.clone(), &clock);
+    log.append(&mut idempotent(5, 0, 0, 1), 0).unwrap();
+    assert!(log.producers().get(5).is_some());
+    clock.advance_ms(60_001);
+    log.append(&mut idempotent(6, 0, 0, 1), 0).unwrap();
+    log.roll().unwrap();
+    assert!(
+        log.producers().get(5).is_none(),
+        "silent for longer than the expiration"
+    );
+    assert!(log.producers().get(6).is_some(), "wrote just now");
+    // Forgotten for good: the reopened log does not bring it back.
+    log.close().unwrap();
+    let log = open(dir.path(), config, &clock);
+    assert!(log.producers().get(5).is_none());
+    assert!(log.producers().get(6).is_some());
+}
