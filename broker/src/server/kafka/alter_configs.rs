@@ -10,7 +10,7 @@
 //!
 //! [`incremental_alter_configs`]: super::incremental_alter_configs
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
@@ -18,14 +18,16 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
-use super::{KafkaService, Refusal, blocking, is_internal, refusal};
+use super::{
+    KafkaService, Refusal, blocking, is_internal, named_twice, named_twice_refusal, refusal,
+};
 use crate::cluster::{Topic, TopicError};
 use crate::config::TopicConfig;
 
 impl KafkaService {
     pub(super) async fn alter_configs(&self, request: AlterConfigsRequest) -> AlterConfigsResponse {
         let mut response = AlterConfigsResponse::default();
-        let duplicates = duplicate_resources(
+        let duplicates = named_twice(
             request
                 .resources
                 .iter()
@@ -33,20 +35,17 @@ impl KafkaService {
         );
         for resource in request.resources {
             let name = resource.resource_name.to_string();
-            let outcome = if duplicates.contains(&(resource.resource_type, name.clone())) {
-                Err(duplicate_resource(&name))
-            } else {
-                match self.alterable_topic(resource.resource_type, &name) {
-                    Err(refused) => Err(refused),
-                    Ok(_) => match replacement(resource.configs) {
-                        Err(refused) => Err(refused),
-                        Ok(overrides) => {
-                            self.replace_overrides(&name, overrides, request.validate_only)
-                                .await
-                        }
-                    },
-                }
-            };
+            let duplicate = duplicates.contains(&(resource.resource_type, name.clone()));
+            let configs = resource.configs;
+            let outcome = self
+                .alter_resource(
+                    duplicate,
+                    resource.resource_type,
+                    &name,
+                    request.validate_only,
+                    |_| replacement(configs),
+                )
+                .await;
             let mut answer = AlterConfigsResourceResponse::default();
             answer.resource_type = resource.resource_type;
             answer.resource_name = resource.resource_name;
@@ -57,6 +56,25 @@ impl KafkaService {
             response.responses.push(answer);
         }
         response
+    }
+
+    /// One resource of AlterConfigs or IncrementalAlterConfigs: refused if the request
+    /// names it twice or it is not a topic that may be changed; else the overrides
+    /// `overrides` computes from the topic replace its own (unless `validate_only`).
+    pub(super) async fn alter_resource(
+        &self,
+        duplicate: bool,
+        resource_type: i8,
+        name: &str,
+        validate_only: bool,
+        overrides: impl FnOnce(&Topic) -> Result<BTreeMap<String, String>, Refusal>,
+    ) -> Result<(), Refusal> {
+        if duplicate {
+            return Err(named_twice_refusal("resource", name));
+        }
+        let topic = self.alterable_topic(resource_type, name)?;
+        let overrides = overrides(&topic)?;
+        self.replace_overrides(name, overrides, validate_only).await
     }
 
     /// The topic a config change names, or why it cannot be changed.
@@ -146,24 +164,6 @@ fn replacement(
     Ok(overrides)
 }
 
-/// The (type, name) pairs named more than once in a request.
-pub(super) fn duplicate_resources(
-    resources: impl Iterator<Item = (i8, String)>,
-) -> BTreeSet<(i8, String)> {
-    let mut seen = BTreeSet::new();
-    resources.filter(|r| !seen.insert(r.clone())).collect()
-}
-
-pub(super) fn duplicate_resource(name: &str) -> Refusal {
-    (
-        ResponseError::InvalidRequest.code(),
-        format!("resource {name} appears more than once in the request"),
-    )
-}
-
 pub(super) fn duplicate_key(key: &str) -> Refusal {
-    (
-        ResponseError::InvalidRequest.code(),
-        format!("config {key} appears more than once"),
-    )
+    named_twice_refusal("config", key)
 }

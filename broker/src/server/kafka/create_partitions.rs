@@ -8,15 +8,15 @@
 //! this broker alone (else INVALID_REPLICA_ASSIGNMENT). `validate_only` checks and
 //! changes nothing.
 
-use std::collections::BTreeSet;
-
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{BrokerId, CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{KafkaService, Refusal, blocking, is_internal, refusal};
+use super::{
+    KafkaService, Refusal, blocking, is_internal, named_twice, named_twice_refusal, refusal,
+};
 use crate::cluster::TopicError;
 use crate::cluster::topics::PARTITIONS_MAX;
 
@@ -25,23 +25,14 @@ impl KafkaService {
         &self,
         request: CreatePartitionsRequest,
     ) -> CreatePartitionsResponse {
-        let mut seen = BTreeSet::new();
-        let duplicates: BTreeSet<String> = request
-            .topics
-            .iter()
-            .map(|t| t.name.0.to_string())
-            .filter(|name| !seen.insert(name.clone()))
-            .collect();
+        let duplicates = named_twice(request.topics.iter().map(|t| t.name.0.to_string()));
         let checked: Vec<(CreatePartitionsTopic, Result<u32, Refusal>)> = request
             .topics
             .into_iter()
             .map(|t| {
                 let name = t.name.0.to_string();
                 let checked = if duplicates.contains(&name) {
-                    Err((
-                        ResponseError::InvalidRequest.code(),
-                        format!("topic {name} appears more than once in the request"),
-                    ))
+                    Err(named_twice_refusal("topic", &name))
                 } else {
                     self.check_growth(&t)
                 };

@@ -7,7 +7,7 @@
 //! request is INVALID_REQUEST for each. v5+ answers carry the partition count, the
 //! replication factor and every config with its source; v7 the topic id.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -18,7 +18,9 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 
 use super::describe_configs::{CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_TOPIC};
-use super::{KafkaService, Refusal, blocking, refusal, topic_error_code};
+use super::{
+    KafkaService, Refusal, blocking, named_twice, named_twice_refusal, refusal, topic_error_code,
+};
 use crate::cluster::topics::{PARTITIONS_MAX, validate_name};
 use crate::cluster::{Topic, TopicError, TopicManager};
 use crate::config::TopicConfig;
@@ -32,13 +34,7 @@ struct Creation {
 
 impl KafkaService {
     pub(super) async fn create_topics(&self, request: CreateTopicsRequest) -> CreateTopicsResponse {
-        let mut seen = BTreeSet::new();
-        let duplicates: BTreeSet<String> = request
-            .topics
-            .iter()
-            .map(|t| t.name.0.to_string())
-            .filter(|name| !seen.insert(name.clone()))
-            .collect();
+        let duplicates = named_twice(request.topics.iter().map(|t| t.name.0.to_string()));
         let validate_only = request.validate_only;
         let topics = self.topics.clone();
         let requested: Vec<(String, Result<Creation, Refusal>)> = request
@@ -47,10 +43,7 @@ impl KafkaService {
             .map(|t| {
                 let name = t.name.0.to_string();
                 let checked = if duplicates.contains(&name) {
-                    Err((
-                        ResponseError::InvalidRequest.code(),
-                        format!("topic {name} appears more than once in the request"),
-                    ))
+                    Err(named_twice_refusal("topic", &name))
                 } else {
                     check(&topics, t)
                 };
@@ -151,10 +144,7 @@ fn check(topics: &TopicManager, topic: CreatableTopic) -> Result<Creation, Refus
             ));
         };
         if overrides.insert(key.clone(), value.to_string()).is_some() {
-            return Err((
-                ResponseError::InvalidRequest.code(),
-                format!("config {key} appears more than once"),
-            ));
+            return Err(super::named_twice_refusal("config", &key));
         }
     }
     TopicConfig::with_overrides(topics.defaults(), &overrides)

@@ -6,14 +6,15 @@
 //! neither INVALID_REQUEST, a topic twice INVALID_REQUEST. Internal topics
 //! (`__consumer_offsets`) are refused with TOPIC_AUTHORIZATION_FAILED.
 
-use std::collections::BTreeSet;
-
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{KafkaService, Refusal, blocking, is_internal, refusal, topic_id};
+use super::{
+    KafkaService, Refusal, blocking, is_internal, named_twice, named_twice_refusal, refusal,
+    topic_id,
+};
 
 impl KafkaService {
     pub(super) async fn delete_topics(
@@ -43,21 +44,16 @@ impl KafkaService {
             })
             .collect();
         // A topic named twice (by name, id, or both) is refused each time.
-        let mut seen = BTreeSet::new();
-        let duplicates: BTreeSet<String> = resolved
-            .iter()
-            .filter_map(|(_, _, target)| target.as_ref().ok())
-            .filter(|name| !seen.insert((*name).clone()))
-            .cloned()
-            .collect();
+        let duplicates = named_twice(
+            resolved
+                .iter()
+                .filter_map(|(_, _, target)| target.as_ref().ok().cloned()),
+        );
         for (_, _, target) in &mut resolved {
             if let Ok(name) = target
                 && duplicates.contains(name)
             {
-                *target = Err((
-                    ResponseError::InvalidRequest.code(),
-                    format!("topic {name} appears more than once in the request"),
-                ));
+                *target = Err(named_twice_refusal("topic", name));
             }
         }
         let topics = self.topics.clone();

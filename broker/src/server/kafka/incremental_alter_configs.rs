@@ -15,7 +15,7 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::alter_configs::{duplicate_key, duplicate_resource, duplicate_resources};
+use super::alter_configs::duplicate_key;
 use super::describe_configs::{CONFIG_TYPE_LIST, key_info};
 use super::{KafkaService, Refusal};
 use crate::cluster::Topic;
@@ -32,7 +32,7 @@ impl KafkaService {
         request: IncrementalAlterConfigsRequest,
     ) -> IncrementalAlterConfigsResponse {
         let mut response = IncrementalAlterConfigsResponse::default();
-        let duplicates = duplicate_resources(
+        let duplicates = super::named_twice(
             request
                 .resources
                 .iter()
@@ -40,20 +40,17 @@ impl KafkaService {
         );
         for resource in request.resources {
             let name = resource.resource_name.to_string();
-            let outcome = if duplicates.contains(&(resource.resource_type, name.clone())) {
-                Err(duplicate_resource(&name))
-            } else {
-                match self.alterable_topic(resource.resource_type, &name) {
-                    Err(refused) => Err(refused),
-                    Ok(topic) => match self.apply_ops(&topic, resource.configs) {
-                        Err(refused) => Err(refused),
-                        Ok(overrides) => {
-                            self.replace_overrides(&name, overrides, request.validate_only)
-                                .await
-                        }
-                    },
-                }
-            };
+            let duplicate = duplicates.contains(&(resource.resource_type, name.clone()));
+            let configs = resource.configs;
+            let outcome = self
+                .alter_resource(
+                    duplicate,
+                    resource.resource_type,
+                    &name,
+                    request.validate_only,
+                    |topic| self.apply_ops(topic, configs),
+                )
+                .await;
             let mut answer = AlterConfigsResourceResponse::default();
             answer.resource_type = resource.resource_type;
             answer.resource_name = resource.resource_name;

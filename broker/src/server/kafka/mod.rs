@@ -36,6 +36,7 @@ pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -530,6 +531,23 @@ pub fn topic_error_code(e: &TopicError) -> i16 {
 /// Why an admin request entry is refused: its Kafka error code and a message for the
 /// client.
 pub type Refusal = (i16, String);
+
+/// The items a request names more than once (each such entry is refused, as Kafka does).
+pub fn named_twice<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
+    let mut seen = BTreeSet::new();
+    items
+        .into_iter()
+        .filter(|item| !seen.insert(item.clone()))
+        .collect()
+}
+
+/// The refusal of a `what` (topic, resource, config) that a request names more than once.
+pub fn named_twice_refusal(what: &str, name: &str) -> Refusal {
+    (
+        ResponseError::InvalidRequest.code(),
+        format!("{what} {name} appears more than once in the request"),
+    )
+}
 
 /// The refusal of a topic error: its code and its text.
 pub fn refusal(e: TopicError) -> Refusal {
