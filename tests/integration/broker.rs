@@ -835,3 +835,199 @@ async fn keyless_records_move_on_to_another_partition_when_a_batch_fills() {
     // About 20 batches of 2 KiB: each full one sends the next records elsewhere.
     assert!(used.len() >= 2, "every keyless record went to {used:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_produce_stream_answers_in_order_and_stops_at_the_first_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "s", 1, &[]).await;
+    let request = |value: &str, acks: Acks| v1::ProduceRequest {
+        topic: "s".into(),
+        partition: 0,
+        acks: acks as i32,
+        records: batch(&[(None, value), (None, value)]).into(),
+    };
+    let mut corrupt = request("bad", Acks::Leader);
+    let mut records = corrupt.records.to_vec();
+    *records.last_mut().unwrap() ^= 1;
+    corrupt.records = records.into();
+    // All six go before any answer is read: acks=all and acks=1 mixed, the fourth corrupt.
+    let requests = vec![
+        request("a", Acks::All),
+        request("b", Acks::Leader),
+        request("c", Acks::All),
+        corrupt,
+        request("d", Acks::Leader),
+        request("e", Acks::All),
+    ];
+    let mut answers = client
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for base in [0, 2, 4] {
+        let answer = answers.message().await.unwrap().expect("an answer");
+        assert_eq!((answer.base_offset, answer.last_offset), (base, base + 1));
+    }
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("CRC"), "{}", err.message());
+    assert!(
+        matches!(answers.message().await, Ok(None) | Err(_)),
+        "the stream ended"
+    );
+    // Nothing sent after the failed request was appended.
+    let values: Vec<String> = read_all(&mut client, "s", 0, 0)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(values, ["a", "a", "b", "b", "c", "c"]);
+    // A new stream goes on from there; a closed request side ends the answers.
+    let mut answers = client
+        .produce_stream(tokio_stream::iter(vec![request("f", Acks::All)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().base_offset, 6);
+    assert!(answers.message().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_requests_in_flight_keeps_order_when_one_fails() {
+    use fjord::client::{ClientError, Producer, ProducerConfig, ProducerRecord};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "o", 1, &[("max.message.bytes", "4096")]).await;
+    let config = ProducerConfig {
+        batch_bytes: 1024,
+        request_bytes: 1024,
+        linger_ms: 0,
+        max_in_flight: 5,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    // A batch per request, several in flight; every 500th record is too large for the
+    // topic, so its request fails between requests already sent after it, which go again
+    // on a new stream.
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..3000u32 {
+        let value = if i % 500 == 250 {
+            "x".repeat(10_000)
+        } else {
+            format!("v{i:04}-{}", "p".repeat(90))
+        };
+        let record = ProducerRecord {
+            topic: "o".into(),
+            value: Some(value.into()),
+            ..ProducerRecord::default()
+        };
+        let outcomes = outcomes.clone();
+        producer
+            .send_with(record, move |r| outcomes.lock().unwrap().push((i, r)))
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    assert_eq!(outcomes.len(), 3000, "one outcome per record");
+    let mut acknowledged = Vec::new();
+    for (i, outcome) in outcomes {
+        match outcome {
+            Ok(meta) => acknowledged.push((meta.offset, i)),
+            Err(e) => {
+                assert_eq!(i % 500, 250, "record {i} failed: {e}");
+                assert!(matches!(e, ClientError::RecordTooLarge(_)), "{e:?}");
+            }
+        }
+    }
+    acknowledged.sort();
+    let good: Vec<u32> = (0..3000).filter(|i| i % 500 != 250).collect();
+    let offsets: Vec<i64> = (0..good.len() as i64).collect();
+    assert_eq!(
+        acknowledged.iter().map(|a| a.0).collect::<Vec<_>>(),
+        offsets
+    );
+    assert_eq!(
+        acknowledged.iter().map(|a| a.1).collect::<Vec<_>>(),
+        good,
+        "offsets follow send order"
+    );
+    // The log holds each acknowledged record once, in send order.
+    let values: Vec<String> = read_all(&mut client, "o", 0, 0)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v[1..5].to_string())
+        .collect();
+    let expected: Vec<String> = good.iter().map(|i| format!("{i:04}")).collect();
+    assert_eq!(values, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_retries_through_a_broker_restart_in_order() {
+    use fjord::client::{Acks as ClientAcks, Producer, ProducerConfig, ProducerRecord};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "r", 1, &[]).await;
+    let config = ProducerConfig {
+        acks: ClientAcks::All,
+        batch_bytes: 1024,
+        request_bytes: 4096,
+        retries: 1000,
+        retry_backoff_ms: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let send = |i: u32| {
+        let outcomes = outcomes.clone();
+        let record = ProducerRecord {
+            topic: "r".into(),
+            value: Some(format!("{i:04}").into()),
+            ..ProducerRecord::default()
+        };
+        let producer = producer.clone();
+        async move {
+            producer
+                .send_with(record, move |r| outcomes.lock().unwrap().push((i, r)))
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..1000 {
+        send(i).await;
+    }
+    producer.flush().await.unwrap();
+    // The broker dies with the producer's stream open; what is sent meanwhile is retried
+    // until the broker is back, in order, on a new stream.
+    broker.kill();
+    for i in 1000..2000 {
+        send(i).await;
+    }
+    let broker = broker.restart_on_same_ports();
+    producer.flush().await.unwrap();
+    let mut outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    outcomes.sort_by_key(|o| o.0);
+    let offsets: Vec<i64> = outcomes
+        .into_iter()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("record {i}: {e}")).offset)
+        .collect();
+    assert_eq!(offsets, (0..2000).collect::<Vec<i64>>());
+    let mut client = broker.client().await;
+    let values: Vec<String> = read_all(&mut client, "r", 0, 0)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    let expected: Vec<String> = (0..2000).map(|i| format!("{i:04}")).collect();
+    assert_eq!(values, expected);
+}

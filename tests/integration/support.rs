@@ -61,19 +61,22 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir.to_path_buf(), extra_args, None)
+        Self::spawn(data_dir.to_path_buf(), extra_args, None, None)
     }
 
     fn spawn(
         data_dir: PathBuf,
         extra_args: Vec<String>,
         kafka_addr: Option<SocketAddr>,
+        grpc_addr: Option<SocketAddr>,
     ) -> BrokerProcess {
-        let kafka_addr = kafka_addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let any = || "127.0.0.1:0".to_string();
+        let kafka_addr = kafka_addr.map_or_else(any, |a| a.to_string());
+        let grpc_addr = grpc_addr.map_or_else(any, |a| a.to_string());
         let mut child = Command::new(binary("fjord-broker"))
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", &grpc_addr, "--http-addr", "127.0.0.1:0"])
             .args(["--kafka-addr", &kafka_addr])
             .args(&extra_args)
             .env("FJORD_LOG", "info")
@@ -160,7 +163,7 @@ impl BrokerProcess {
     /// Starts again on the same data directory and settings (new ports).
     pub fn restart(self) -> BrokerProcess {
         assert!(self.child.is_none(), "stop or kill it first");
-        Self::spawn(self.data_dir.clone(), self.extra_args.clone(), None)
+        Self::spawn(self.data_dir.clone(), self.extra_args.clone(), None, None)
     }
 
     /// Starts again on the same data directory, settings and Kafka port (Kafka clients
@@ -171,6 +174,19 @@ impl BrokerProcess {
             self.data_dir.clone(),
             self.extra_args.clone(),
             Some(self.kafka_addr),
+            None,
+        )
+    }
+
+    /// Starts again on the same data directory, settings and Kafka and gRPC ports (a
+    /// client's connection finds it again).
+    pub fn restart_on_same_ports(self) -> BrokerProcess {
+        assert!(self.child.is_none(), "stop or kill it first");
+        Self::spawn(
+            self.data_dir.clone(),
+            self.extra_args.clone(),
+            Some(self.kafka_addr),
+            Some(self.grpc_addr),
         )
     }
 

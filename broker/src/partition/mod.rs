@@ -35,6 +35,10 @@ pub struct Produced {
     pub log_start_offset: i64,
 }
 
+/// What waits for an append to be fsync'd (see [`Partition::produce_pipelined`]).
+pub type DurableWait =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send>>;
+
 /// The flush settings of the partition's topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushPolicy {
@@ -196,6 +200,27 @@ impl Partition {
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// [`produce`](Self::produce) for a pipeline of produces: returns once the records are
+    /// appended, with what waits for the fsync that acks=all needs (`None` for acks 0 and
+    /// 1), so that the next produce is appended while this one's fsync runs.
+    pub async fn produce_pipelined(
+        self: &Arc<Self>,
+        records: Bytes,
+        acks: Acks,
+    ) -> Result<(Produced, Option<DurableWait>), StorageError> {
+        if acks != Acks::All {
+            return Ok((self.produce(records, acks).await?, None));
+        }
+        let produced = self.produce(records, Acks::Leader).await?;
+        let (partition, end) = (self.clone(), produced.info.last_offset + 1);
+        let durable = Box::pin(async move {
+            tokio::task::spawn_blocking(move || partition.wait_durable(end))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        });
+        Ok((produced, Some(durable)))
     }
 
     /// The `(offset, timestamp_ms)` that `spec` names; the timestamp is -1 for

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::cluster::{TopicError, TopicManager};
 use crate::group::coordinator::CoordinatorError;
 use crate::group::{GroupError, GroupState, Heartbeat, TopicPartition};
-use crate::partition::{Acks, OffsetSpec, Partition};
+use crate::partition::{Acks, DurableWait, OffsetSpec, Partition};
 use crate::storage::StorageError;
 
 use super::metrics::Metrics;
@@ -24,6 +24,7 @@ pub const FETCH_BYTES_MAX: u32 = crate::config::MESSAGE_BYTES_MAX as u32;
 /// The longest long poll.
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 
+#[derive(Clone)]
 pub struct FjordService {
     pub topics: Arc<TopicManager>,
     pub groups: Arc<crate::group::coordinator::Coordinator>,
@@ -170,7 +171,55 @@ fn refuse(status: Status) -> Status {
     status
 }
 
+/// An appended request of a produce stream, waiting for its turn to be answered.
+enum Pending {
+    Done(Result<v1::ProduceResponse, Status>),
+    /// acks=all: answered once this fsync is done.
+    Durable(v1::ProduceResponse, DurableWait),
+}
+
+/// Appended requests of one produce stream whose answers are not yet sent, at most.
+const PRODUCE_STREAM_PENDING: usize = 16;
+
+type ProduceStream =
+    Pin<Box<dyn Stream<Item = Result<v1::ProduceResponse, Status>> + Send + 'static>>;
+
 impl FjordService {
+    /// Appends one produce request; with acks=all, also returns what waits for its fsync
+    /// (the answer is due after it).
+    async fn append(
+        &self,
+        r: v1::ProduceRequest,
+    ) -> Result<(v1::ProduceResponse, Option<DurableWait>), Status> {
+        let partition = self.partition(&r.topic, r.partition)?;
+        let acks = match v1::Acks::try_from(r.acks) {
+            Ok(v1::Acks::Leader) => Acks::Leader,
+            Ok(v1::Acks::All) => Acks::All,
+            Ok(v1::Acks::None) => Acks::None,
+            Err(_) => {
+                return Err(refuse(Status::invalid_argument(format!(
+                    "unknown acks value {}",
+                    r.acks
+                ))));
+            }
+        };
+        let bytes = r.records.len() as u64;
+        let (produced, durable) = partition
+            .produce_pipelined(r.records, acks)
+            .await
+            .map_err(|e| refuse(storage_status(e)))?;
+        let (info, log_start_offset) = (produced.info, produced.log_start_offset);
+        self.metrics
+            .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
+        let answer = v1::ProduceResponse {
+            base_offset: info.first_offset,
+            last_offset: info.last_offset,
+            log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+            log_start_offset,
+        };
+        Ok((answer, durable))
+    }
+
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Status> {
         self.topics
             .partition(topic, partition)
@@ -335,33 +384,75 @@ impl Fjord for FjordService {
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
-        let r = request.into_inner();
-        let partition = self.partition(&r.topic, r.partition)?;
-        let acks = match v1::Acks::try_from(r.acks) {
-            Ok(v1::Acks::Leader) => Acks::Leader,
-            Ok(v1::Acks::All) => Acks::All,
-            Ok(v1::Acks::None) => Acks::None,
-            Err(_) => {
-                return Err(refuse(Status::invalid_argument(format!(
-                    "unknown acks value {}",
-                    r.acks
-                ))));
+        let (answer, durable) = self.append(request.into_inner()).await?;
+        if let Some(durable) = durable {
+            durable.await.map_err(|e| refuse(storage_status(e)))?;
+        }
+        Ok(Response::new(answer))
+    }
+
+    type ProduceStreamStream = ProduceStream;
+
+    async fn produce_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        // Appended requests whose answers wait (for an fsync, or for the answers before
+        // them); bounded, so a client far ahead is held back by flow control.
+        let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel(PRODUCE_STREAM_PENDING);
+        let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(PRODUCE_STREAM_PENDING);
+        let service = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        // Appends, one request at a time in the order received; stops at the first failure,
+        // so nothing after a failed request is appended.
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    _ = pending_tx.closed() => return,
+                    _ = stopped(&mut shutdown) => {
+                        let closing = Err(Status::unavailable("the broker is shutting down"));
+                        let _ = pending_tx.send(Pending::Done(closing)).await;
+                        return;
+                    }
+                };
+                let pending = match next {
+                    Ok(Some(request)) => match service.append(request).await {
+                        Ok((answer, None)) => Pending::Done(Ok(answer)),
+                        Ok((answer, Some(durable))) => Pending::Durable(answer, durable),
+                        Err(status) => Pending::Done(Err(status)),
+                    },
+                    // The client closed its side: the answers still due go out.
+                    Ok(None) => return,
+                    // A request that could not be read (too large, say) fails in its turn.
+                    Err(status) => Pending::Done(Err(refuse(status))),
+                };
+                let failed = matches!(pending, Pending::Done(Err(_)));
+                if pending_tx.send(pending).await.is_err() || failed {
+                    return;
+                }
             }
-        };
-        let bytes = r.records.len() as u64;
-        let produced = partition
-            .produce(r.records, acks)
-            .await
-            .map_err(|e| refuse(storage_status(e)))?;
-        let (info, log_start_offset) = (produced.info, produced.log_start_offset);
-        self.metrics
-            .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
-        Ok(Response::new(v1::ProduceResponse {
-            base_offset: info.first_offset,
-            last_offset: info.last_offset,
-            log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
-            log_start_offset,
-        }))
+        });
+        // Answers, in order; the first failure ends the stream.
+        tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                let answer = match pending {
+                    Pending::Done(answer) => answer,
+                    Pending::Durable(answer, durable) => durable
+                        .await
+                        .map(|()| answer)
+                        .map_err(|e| refuse(storage_status(e))),
+                };
+                let failed = answer.is_err();
+                if answers_tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(answers_rx),
+        )))
     }
 
     async fn fetch(

@@ -6,10 +6,10 @@
 //! queue of *full* ones. A batch is full when the next record would take it over
 //! `batch_bytes` (a record larger than that travels alone). A partition with no request in
 //! flight sends its full batches at once, and its open batch once `linger` has passed since
-//! the batch's first record, or when a flush (or close) covers it. A batch stays open,
-//! gathering records, while the partition's previous request is in flight. One request
-//! per partition is in flight at a time (so retries never reorder a partition's records);
-//! it carries every sendable batch, up to `request_bytes`.
+//! the batch's first record, or when a flush (or close) covers it. A partition has at
+//! most `max_in_flight` requests in flight (its sender keeps them in order, retries
+//! included); while it has that many, its batches wait, the open one gathering records.
+//! A request carries every sendable batch, up to `request_bytes`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -67,7 +67,8 @@ pub(crate) struct Batch<T> {
 struct Queue<T> {
     open: Option<Batch<T>>,
     full: VecDeque<Batch<T>>,
-    in_flight: bool,
+    /// Requests sent and not yet completed.
+    in_flight: usize,
 }
 
 impl<T> Default for Queue<T> {
@@ -75,7 +76,7 @@ impl<T> Default for Queue<T> {
         Queue {
             open: None,
             full: VecDeque::new(),
-            in_flight: false,
+            in_flight: 0,
         }
     }
 }
@@ -86,6 +87,7 @@ pub(crate) struct Accumulator<T> {
     batch_bytes: usize,
     linger: Duration,
     request_bytes: usize,
+    max_in_flight: usize,
     queues: HashMap<TopicPartition, Queue<T>>,
     next_id: u64,
     /// Ids of the batches not yet completed (open, full or in flight).
@@ -93,11 +95,17 @@ pub(crate) struct Accumulator<T> {
 }
 
 impl<T> Accumulator<T> {
-    pub(crate) fn new(batch_bytes: usize, linger: Duration, request_bytes: usize) -> Self {
+    pub(crate) fn new(
+        batch_bytes: usize,
+        linger: Duration,
+        request_bytes: usize,
+        max_in_flight: usize,
+    ) -> Self {
         Accumulator {
             batch_bytes: batch_bytes.max(1),
             linger,
             request_bytes: request_bytes.max(1),
+            max_in_flight: max_in_flight.max(1),
             queues: HashMap::new(),
             next_id: 0,
             outstanding: BTreeSet::new(),
@@ -165,7 +173,7 @@ impl<T> Accumulator<T> {
     ) -> Vec<(TopicPartition, Vec<Batch<T>>)> {
         let mut out = Vec::new();
         for (tp, queue) in &mut self.queues {
-            if queue.in_flight {
+            if queue.in_flight >= self.max_in_flight {
                 continue;
             }
             let mut batches = Vec::new();
@@ -187,7 +195,7 @@ impl<T> Accumulator<T> {
                 }
             }
             if !batches.is_empty() {
-                queue.in_flight = true;
+                queue.in_flight += 1;
                 out.push((tp.clone(), batches));
             }
         }
@@ -196,25 +204,25 @@ impl<T> Accumulator<T> {
         out
     }
 
-    /// The request for `tp` carrying the batches `ids` completed (either way).
+    /// A request for `tp` carrying the batches `ids` completed (either way).
     pub(crate) fn complete(&mut self, tp: &TopicPartition, ids: &[u64]) {
         for id in ids {
             self.outstanding.remove(id);
         }
         if let Some(queue) = self.queues.get_mut(tp) {
-            queue.in_flight = false;
-            if queue.open.is_none() && queue.full.is_empty() {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+            if queue.in_flight == 0 && queue.open.is_none() && queue.full.is_empty() {
                 self.queues.remove(tp);
             }
         }
     }
 
     /// When the next open batch becomes due, if any is waiting for its linger. (A
-    /// partition with a request in flight is woken by the request's completion.)
+    /// partition with its most requests in flight is woken by a request's completion.)
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.queues
             .values()
-            .filter(|q| !q.in_flight)
+            .filter(|q| q.in_flight < self.max_in_flight)
             .filter_map(|q| {
                 if q.full.is_empty() {
                     q.open.as_ref().map(|b| b.created + self.linger)
@@ -262,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_full_open_batch_has_no_room_for_the_next_record() {
-        let mut acc: Accumulator<u32> = Accumulator::new(1000, Duration::ZERO, 10_000);
+        let mut acc: Accumulator<u32> = Accumulator::new(1000, Duration::ZERO, 10_000, 1);
         let now = Instant::now();
         let id = acc.append(&tp(0), record(400), 0, now);
         assert_eq!(
@@ -281,7 +289,7 @@ mod tests {
     #[test]
     fn open_batch_waits_for_linger() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20);
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20, 1);
         let id = acc.append(&tp(0), record(10), 1u32, t0);
         acc.append(&tp(0), record(10), 2, t0 + Duration::from_millis(1));
         assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(id));
@@ -300,7 +308,7 @@ mod tests {
     fn batch_bytes_closes_a_batch_and_sends_it_without_waiting() {
         let t0 = Instant::now();
         // Each record is ~36 + 100 bytes; three fit in 500 with the header, four do not.
-        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20);
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1);
         for i in 0..7 {
             acc.append(&tp(0), record(100), i, t0);
         }
@@ -316,7 +324,7 @@ mod tests {
     #[test]
     fn a_record_larger_than_batch_bytes_travels_alone() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(200, Duration::from_secs(60), 1 << 20);
+        let mut acc = Accumulator::new(200, Duration::from_secs(60), 1 << 20, 1);
         acc.append(&tp(0), record(10), 0u32, t0);
         acc.append(&tp(0), record(1000), 1, t0);
         acc.append(&tp(0), record(10), 2, t0);
@@ -328,7 +336,7 @@ mod tests {
     #[test]
     fn one_request_in_flight_per_partition_and_records_keep_joining() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20);
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1);
         let first = acc.append(&tp(0), record(1), 0u32, t0);
         let sent = acc.drain(t0, 0);
         assert_eq!(sizes(&sent[0].1), vec![vec![0]]);
@@ -347,9 +355,36 @@ mod tests {
     }
 
     #[test]
+    fn up_to_max_in_flight_requests_per_partition() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 2);
+        let first = acc.append(&tp(0), record(1), 0u32, t0);
+        assert_eq!(sizes(&acc.drain(t0, 0)[0].1), vec![vec![0]]);
+        let second = acc.append(&tp(0), record(1), 1, t0);
+        assert_eq!(
+            sizes(&acc.drain(t0, 0)[0].1),
+            vec![vec![1]],
+            "a second one goes"
+        );
+        // Two in flight: the third request waits, gathering records.
+        acc.append(&tp(0), record(1), 2, t0);
+        acc.append(&tp(0), record(1), 3, t0);
+        assert!(acc.drain(t0, 0).is_empty());
+        assert_eq!(
+            acc.next_deadline(),
+            None,
+            "woken by a completion, not a timer"
+        );
+        acc.complete(&tp(0), &[first]);
+        assert_eq!(sizes(&acc.drain(t0, 0)[0].1), vec![vec![2, 3]]);
+        acc.complete(&tp(0), &[second]);
+        assert!(!acc.is_idle(), "the third is in flight");
+    }
+
+    #[test]
     fn request_bytes_splits_a_backlog_into_requests() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(200, Duration::ZERO, 450);
+        let mut acc = Accumulator::new(200, Duration::ZERO, 450, 1);
         for i in 0..8 {
             acc.append(&tp(0), record(100), i, t0);
         }
@@ -376,7 +411,7 @@ mod tests {
     #[test]
     fn flush_forces_open_batches_created_before_it() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::from_secs(60), 1 << 20);
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_secs(60), 1 << 20, 1);
         let a = acc.append(&tp(0), record(1), 0u32, t0);
         let b = acc.append(&tp(1), record(1), 1, t0);
         let flush_below = acc.next_id();

@@ -9,15 +9,14 @@
 //! request can go.
 
 pub(crate) mod accumulator;
+mod sender;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use fjord_protocol::codec::ProducerFields;
-use fjord_protocol::v1;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -27,6 +26,7 @@ use crate::connection::{GrpcClient, connect};
 use crate::error::{ClientError, Result};
 use crate::partitioner::{StickyPartitioner, partition_for_key};
 use accumulator::{Accumulator, Batch, PendingRecord};
+use sender::Sender;
 
 pub use fjord_protocol::Compression;
 
@@ -43,7 +43,8 @@ pub enum Acks {
 }
 
 /// Producer settings. `ProducerConfig::default()`: acks all, linger 5 ms, 16 KiB batches,
-/// no compression, 5 retries 100 ms apart.
+/// no compression, 5 retries 100 ms apart, 5 requests of up to 1 MiB in flight per
+/// partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerConfig {
     pub acks: Acks,
@@ -62,6 +63,14 @@ pub struct ProducerConfig {
     /// Kafka's `max.block.ms`: how long a send waits for room in the buffer before it
     /// fails with [`ClientError::BufferFull`].
     pub max_block_ms: u64,
+    /// Kafka's `max.in.flight.requests.per.connection`: unanswered requests per
+    /// partition at most. They travel on one stream that the broker appends in order,
+    /// so records are never reordered, retries included.
+    pub max_in_flight: usize,
+    /// The most one produce request carries (Kafka's `max.request.size`): the batches
+    /// of a partition ready to go share requests up to this size (never less than
+    /// `batch_bytes`; a larger batch goes alone).
+    pub request_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -75,6 +84,8 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 100,
             buffer_memory: 32 * 1024 * 1024,
             max_block_ms: 60_000,
+            max_in_flight: 5,
+            request_bytes: 1024 * 1024,
         }
     }
 }
@@ -101,8 +112,6 @@ pub struct ProducerRecord {
     pub timestamp_ms: Option<i64>,
 }
 
-/// The most one produce request carries (the broker accepts gRPC messages up to 4 MiB).
-const REQUEST_BYTES: usize = 1024 * 1024;
 /// Commands handled in one go before the dispatcher looks at completions and timers.
 const COMMANDS_PER_TURN: usize = 1024;
 
@@ -193,7 +202,8 @@ impl Producer {
             acc: Accumulator::new(
                 config.batch_bytes,
                 Duration::from_millis(config.linger_ms),
-                REQUEST_BYTES.max(config.batch_bytes),
+                config.request_bytes.max(config.batch_bytes),
+                config.max_in_flight,
             ),
             client,
             config,
@@ -201,6 +211,7 @@ impl Producer {
             counts: HashMap::new(),
             unknown: HashMap::new(),
             flush_waiters: Vec::new(),
+            senders: HashMap::new(),
             done_tx,
             done_rx,
         };
@@ -350,7 +361,7 @@ impl Producer {
     }
 }
 
-/// What a request task reports when it is done.
+/// What a partition's sender reports when a request is done (either way).
 struct Done {
     tp: TopicPartition,
     ids: Vec<u64>,
@@ -369,6 +380,8 @@ struct Dispatcher {
     unknown: HashMap<String, (ClientError, Instant)>,
     /// Flushes waiting for every batch with an id below theirs.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// Each partition's sender task, fed the batches of one request at a time.
+    senders: HashMap<TopicPartition, mpsc::UnboundedSender<Vec<Batch<Reply>>>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -408,16 +421,7 @@ impl Dispatcher {
                 self.flush_waiters.iter().map(|w| w.0).max().unwrap_or(0)
             };
             for (tp, batches) in self.acc.drain(Instant::now(), force_below) {
-                let request = Request {
-                    client: self.client.clone(),
-                    config: self.config.clone(),
-                    tp,
-                    batches,
-                };
-                let done_tx = self.done_tx.clone();
-                tokio::spawn(async move {
-                    let _ = done_tx.send(request.run().await);
-                });
+                self.send(tp, batches);
             }
             let acc = &self.acc;
             for (_, tx) in self
@@ -429,6 +433,31 @@ impl Dispatcher {
             if closing && self.acc.is_idle() {
                 break;
             }
+        }
+    }
+
+    /// Hands one request's batches to the partition's sender task (started on first use).
+    fn send(&mut self, tp: TopicPartition, batches: Vec<Batch<Reply>>) {
+        let sender = self.senders.entry(tp.clone()).or_insert_with_key(|tp| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sender = Sender {
+                client: self.client.clone(),
+                config: self.config.clone(),
+                tp: tp.clone(),
+                done: self.done_tx.clone(),
+            };
+            tokio::spawn(sender.run(rx));
+            tx
+        });
+        // The task lives until this sender is dropped (with the dispatcher), unless it
+        // panicked: then its records fail rather than wait forever.
+        if let Err(unsent) = sender.send(batches) {
+            self.senders.remove(&tp);
+            let ids: Vec<u64> = unsent.0.iter().map(|b| b.id).collect();
+            for batch in unsent.0 {
+                sender::fail(batch, ClientError::ProducerClosed);
+            }
+            self.acc.complete(&tp, &ids);
         }
     }
 
@@ -535,130 +564,5 @@ impl Dispatcher {
                 Err(e)
             }
         }
-    }
-}
-
-/// One produce request: the batches of one partition.
-struct Request {
-    client: GrpcClient,
-    config: ProducerConfig,
-    tp: TopicPartition,
-    batches: Vec<Batch<Reply>>,
-}
-
-impl Request {
-    async fn run(self) -> Done {
-        let Request {
-            client,
-            config,
-            tp,
-            batches,
-        } = self;
-        let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
-        // Encode; a batch that cannot be encoded fails alone.
-        let mut encoded = Vec::with_capacity(batches.len());
-        let mut sent = Vec::with_capacity(batches.len());
-        for mut batch in batches {
-            let built = std::mem::take(&mut batch.records);
-            match built.finish(config.compression, ProducerFields::default()) {
-                Ok(bytes) => {
-                    encoded.push(bytes);
-                    sent.push(batch);
-                }
-                Err(e) => fail(batch, ClientError::from(e)),
-            }
-        }
-        // One batch goes as it is; several are put together once.
-        let records = if encoded.len() == 1 {
-            encoded.pop().expect("one batch")
-        } else {
-            let mut all = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
-            for bytes in &encoded {
-                all.extend_from_slice(bytes);
-            }
-            all.freeze()
-        };
-        if sent.is_empty() {
-            return Done {
-                tp,
-                ids,
-                stale_metadata: false,
-            };
-        }
-        let acks = match config.acks {
-            Acks::None => v1::Acks::None,
-            Acks::Leader => v1::Acks::Leader,
-            Acks::All => v1::Acks::All,
-        };
-        let request = v1::ProduceRequest {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-            acks: acks as i32,
-            records,
-        };
-        let mut attempt = 0;
-        let result = loop {
-            match client.clone().produce(request.clone()).await {
-                Ok(response) => break Ok(response.into_inner()),
-                Err(status) => {
-                    let e = match ClientError::from_status(status, None) {
-                        // A produce names no offset: OUT_OF_RANGE is gRPC's message size
-                        // limit (4 MiB at the broker) refusing the request.
-                        ClientError::OffsetOutOfRange { message, .. } => {
-                            ClientError::RecordTooLarge(message)
-                        }
-                        e => e,
-                    };
-                    if e.is_retriable() && attempt < config.retries {
-                        attempt += 1;
-                        tracing::debug!(topic = %tp.topic, partition = tp.partition, attempt,
-                            error = %e, "retrying produce");
-                        tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms)).await;
-                        continue;
-                    }
-                    break Err(e);
-                }
-            }
-        };
-        let mut stale_metadata = false;
-        match result {
-            Ok(response) => {
-                let mut base = response.base_offset;
-                for batch in sent {
-                    let n = batch.replies.len() as i64;
-                    for (i, reply) in batch.replies.into_iter().enumerate() {
-                        let offset = match config.acks {
-                            Acks::None => -1,
-                            _ => base + i as i64,
-                        };
-                        reply.send(Ok(RecordMetadata {
-                            partition: tp.partition,
-                            offset,
-                        }));
-                    }
-                    base += n;
-                }
-            }
-            Err(e) => {
-                stale_metadata = matches!(
-                    e,
-                    ClientError::UnknownPartition(_) | ClientError::UnknownTopic(_)
-                );
-                for batch in sent {
-                    fail(batch, e.clone());
-                }
-            }
-        }
-        Done {
-            tp,
-            ids,
-            stale_metadata,
-        }
-    }
-}
-
-fn fail(batch: Batch<Reply>, e: ClientError) {
-    for reply in batch.replies {
-        reply.send(Err(e.clone()));
     }
 }

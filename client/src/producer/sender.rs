@@ -1,0 +1,260 @@
+//! A partition's sender: the task that sends the requests of one partition, several in
+//! flight at once, on one `ProduceStream` call.
+//!
+//! The broker appends a stream's requests in the order sent and answers them in that
+//! order, and ends the stream at the first request that fails without appending anything
+//! sent after it. So the requests in flight are a queue: an answer completes the oldest,
+//! and a failure is the oldest's. After a failure the oldest is retried (retriable error,
+//! attempts left) or failed, and every request still in flight is sent again, in order,
+//! on a new stream: a partition's records are never reordered, whatever fails.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use fjord_protocol::codec::ProducerFields;
+use fjord_protocol::v1;
+use tokio::sync::mpsc;
+
+use super::accumulator::Batch;
+use super::{Acks, Done, ProducerConfig, RecordMetadata, Reply};
+use crate::TopicPartition;
+use crate::connection::GrpcClient;
+use crate::error::ClientError;
+
+/// How long a stream with nothing in flight stays open for the partition's next request.
+const IDLE_STREAM: Duration = Duration::from_secs(10);
+
+/// A request sent and not yet answered.
+struct InFlight {
+    request: v1::ProduceRequest,
+    /// The batches it carries, in order.
+    batches: Vec<Batch<Reply>>,
+    /// Every batch id the dispatcher handed over with it (including batches that failed
+    /// to encode), reported back when it is done.
+    ids: Vec<u64>,
+    /// Retries so far.
+    attempt: u32,
+}
+
+/// An open `ProduceStream` call.
+struct Stream {
+    requests: mpsc::UnboundedSender<v1::ProduceRequest>,
+    answers: tonic::Streaming<v1::ProduceResponse>,
+}
+
+pub(super) struct Sender {
+    pub client: GrpcClient,
+    pub config: ProducerConfig,
+    pub tp: TopicPartition,
+    pub done: mpsc::UnboundedSender<Done>,
+}
+
+enum Event {
+    Answer(Result<v1::ProduceResponse, ClientError>),
+    Work(Option<Vec<Batch<Reply>>>),
+    Idle,
+}
+
+impl Sender {
+    /// Sends the requests handed over on `work` until the dispatcher drops its end and
+    /// every request is answered.
+    pub async fn run(self, mut work: mpsc::UnboundedReceiver<Vec<Batch<Reply>>>) {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut stream: Option<Stream> = None;
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            let idle = in_flight.is_empty() && stream.is_some();
+            let event = tokio::select! {
+                biased;
+                answer = next_answer(&mut stream), if !in_flight.is_empty() => {
+                    Event::Answer(answer)
+                }
+                batches = work.recv(), if open => Event::Work(batches),
+                _ = tokio::time::sleep(IDLE_STREAM), if idle => Event::Idle,
+            };
+            match event {
+                Event::Answer(Ok(answer)) => {
+                    let done = in_flight.pop_front().expect("answers only with requests");
+                    self.succeeded(done, &answer);
+                }
+                Event::Answer(Err(e)) => {
+                    stream = None;
+                    self.failed(e, &mut in_flight).await;
+                    self.resend(&mut in_flight, &mut stream).await;
+                }
+                Event::Work(Some(batches)) => {
+                    let Some(request) = self.encode(batches) else {
+                        continue;
+                    };
+                    let sent = stream
+                        .as_ref()
+                        .is_some_and(|s| s.requests.send(request.request.clone()).is_ok());
+                    in_flight.push_back(request);
+                    if !sent {
+                        // No stream yet, or its request side is gone (its answers tell why).
+                        if stream.is_none() {
+                            self.resend(&mut in_flight, &mut stream).await;
+                        }
+                    }
+                }
+                Event::Work(None) => open = false,
+                Event::Idle => stream = None,
+            }
+        }
+    }
+
+    /// The request of `batches`; a batch that cannot be encoded fails alone. `None` when
+    /// none could be (the dispatcher has been told).
+    fn encode(&self, batches: Vec<Batch<Reply>>) -> Option<InFlight> {
+        let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+        let mut encoded = Vec::with_capacity(batches.len());
+        let mut sent = Vec::with_capacity(batches.len());
+        for mut batch in batches {
+            let built = std::mem::take(&mut batch.records);
+            match built.finish(self.config.compression, ProducerFields::default()) {
+                Ok(bytes) => {
+                    encoded.push(bytes);
+                    sent.push(batch);
+                }
+                Err(e) => fail(batch, ClientError::from(e)),
+            }
+        }
+        if sent.is_empty() {
+            self.report(ids, false);
+            return None;
+        }
+        // One batch goes as it is; several are put together once.
+        let records = if encoded.len() == 1 {
+            encoded.pop().expect("one batch")
+        } else {
+            let mut all = bytes::BytesMut::with_capacity(encoded.iter().map(|b| b.len()).sum());
+            for bytes in &encoded {
+                all.extend_from_slice(bytes);
+            }
+            all.freeze()
+        };
+        let acks = match self.config.acks {
+            Acks::None => v1::Acks::None,
+            Acks::Leader => v1::Acks::Leader,
+            Acks::All => v1::Acks::All,
+        };
+        Some(InFlight {
+            request: v1::ProduceRequest {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                acks: acks as i32,
+                records,
+            },
+            batches: sent,
+            ids,
+            attempt: 0,
+        })
+    }
+
+    /// Opens a stream and sends every request in flight on it, in order; retries (or
+    /// fails the oldest request) when the stream cannot be opened.
+    async fn resend(&self, in_flight: &mut VecDeque<InFlight>, stream: &mut Option<Stream>) {
+        while stream.is_none() && !in_flight.is_empty() {
+            let requests = in_flight.iter().map(|f| f.request.clone()).collect();
+            match self.open(requests).await {
+                Ok(opened) => *stream = Some(opened),
+                Err(e) => self.failed(e, in_flight).await,
+            }
+        }
+    }
+
+    /// Opens a stream, with `first` sent on it.
+    async fn open(&self, first: Vec<v1::ProduceRequest>) -> Result<Stream, ClientError> {
+        let (requests, mut rx) = mpsc::unbounded_channel();
+        for request in first {
+            let _ = requests.send(request);
+        }
+        let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let answers = self
+            .client
+            .clone()
+            .produce_stream(outgoing)
+            .await
+            .map_err(produce_error)?
+            .into_inner();
+        Ok(Stream { requests, answers })
+    }
+
+    /// The oldest request in flight failed with `e`: it waits to be tried again, or fails.
+    async fn failed(&self, e: ClientError, in_flight: &mut VecDeque<InFlight>) {
+        let oldest = in_flight.front_mut().expect("a failure is of a request");
+        if e.is_retriable() && oldest.attempt < self.config.retries {
+            oldest.attempt += 1;
+            tracing::debug!(topic = %self.tp.topic, partition = self.tp.partition,
+                attempt = oldest.attempt, error = %e, "retrying produce");
+            tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+            return;
+        }
+        let oldest = in_flight.pop_front().expect("checked");
+        let stale_metadata = matches!(
+            e,
+            ClientError::UnknownPartition(_) | ClientError::UnknownTopic(_)
+        );
+        for batch in oldest.batches {
+            fail(batch, e.clone());
+        }
+        self.report(oldest.ids, stale_metadata);
+    }
+
+    fn succeeded(&self, done: InFlight, answer: &v1::ProduceResponse) {
+        let mut base = answer.base_offset;
+        for batch in done.batches {
+            let n = batch.replies.len() as i64;
+            for (i, reply) in batch.replies.into_iter().enumerate() {
+                let offset = match self.config.acks {
+                    Acks::None => -1,
+                    _ => base + i as i64,
+                };
+                reply.send(Ok(RecordMetadata {
+                    partition: self.tp.partition,
+                    offset,
+                }));
+            }
+            base += n;
+        }
+        self.report(done.ids, false);
+    }
+
+    fn report(&self, ids: Vec<u64>, stale_metadata: bool) {
+        let _ = self.done.send(Done {
+            tp: self.tp.clone(),
+            ids,
+            stale_metadata,
+        });
+    }
+}
+
+/// The next answer on the stream; a stream that ends with requests in flight is a
+/// (retriable) failure of the oldest.
+async fn next_answer(stream: &mut Option<Stream>) -> Result<v1::ProduceResponse, ClientError> {
+    let Some(stream) = stream else {
+        return Err(ClientError::Unavailable("no produce stream".into()));
+    };
+    match stream.answers.message().await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(ClientError::Unavailable(
+            "the broker ended the produce stream".into(),
+        )),
+        Err(status) => Err(produce_error(status)),
+    }
+}
+
+fn produce_error(status: tonic::Status) -> ClientError {
+    match ClientError::from_status(status, None) {
+        // A produce names no offset: OUT_OF_RANGE is gRPC's message size limit refusing
+        // the request.
+        ClientError::OffsetOutOfRange { message, .. } => ClientError::RecordTooLarge(message),
+        e => e,
+    }
+}
+
+pub(super) fn fail(batch: Batch<Reply>, e: ClientError) {
+    for reply in batch.replies {
+        reply.send(Err(e.clone()));
+    }
+}
