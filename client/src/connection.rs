@@ -25,6 +25,22 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// running is a [`ClientError::Connect`] naming the address. A connection that breaks
 /// later is re-established by the channel on the next call.
 pub async fn connect(addr: &str) -> Result<GrpcClient> {
+    Ok(grpc_client(connect_channel(addr).await?))
+}
+
+/// The generated client over `channel`.
+pub fn grpc_client(channel: Channel) -> GrpcClient {
+    FjordClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// A call not in the generated client (the producer's `ProduceStream` with its own
+/// message type), over `channel`, with the same limits.
+pub fn raw_client(channel: Channel) -> tonic::client::Grpc<Channel> {
+    tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// [`connect`]'s channel.
+pub async fn connect_channel(addr: &str) -> Result<Channel> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -41,11 +57,10 @@ pub async fn connect(addr: &str) -> Result<GrpcClient> {
         .keep_alive_timeout(KEEP_ALIVE_INTERVAL)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+    endpoint.connect().await.map_err(|e| ClientError::Connect {
         addr: addr.to_string(),
         reason: connect_reason(&e),
-    })?;
-    Ok(FjordClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    })
 }
 
 /// The most telling cause of a failed connect: the innermost I/O error if there is one

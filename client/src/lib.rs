@@ -44,6 +44,7 @@ pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod group;
+mod hash;
 pub mod partitioner;
 pub mod producer;
 

@@ -1,7 +1,7 @@
 //! Kafka's default partitioner: murmur2 of the key for keyed records, sticky partitioning
 //! for records without a key.
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed `0x9747b28c`.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -50,14 +50,14 @@ pub fn partition_for_key(key: &[u8], num_partitions: u32) -> u32 {
 pub(crate) struct StickyPartitioner {
     /// Per topic: the partition, and the id of the batch it is sticking to (`None` until
     /// a record joined one).
-    current: HashMap<String, (u32, Option<u64>)>,
+    current: FastMap<String, (u32, Option<u64>)>,
     rng: u64,
 }
 
 impl StickyPartitioner {
     pub(crate) fn new(seed: u64) -> Self {
         StickyPartitioner {
-            current: HashMap::new(),
+            current: FastMap::default(),
             rng: seed | 1,
         }
     }

@@ -38,3 +38,18 @@ rss_mib() {
 metric() {
     curl -sf "http://$HTTP/metrics" | awk -v re="$1" '$1 ~ re { s += $2 } END { printf "%.0f", s }'
 }
+
+# cpu_mark: remembers the machine's CPU counters; cpu_since_mark then prints the share of
+# the time since that the hypervisor took (steal) and the share left idle. On a VM whose
+# host is busy, steal explains a slow run: compare runs with similar steal only.
+cpu_mark() {
+    CPU_MARK=$(head -1 /proc/stat)
+}
+cpu_since_mark() {
+    local now
+    now=$(head -1 /proc/stat)
+    printf '%s\n%s\n' "$CPU_MARK" "$now" | awk '
+        NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
+        NR == 2 { t = 0; for (i = 2; i <= 9; i++) { d[i] = $i - a[i]; t += d[i] }
+                  printf "steal %.0f%% idle %.0f%%", 100 * d[9] / t, 100 * d[5] / t }'
+}

@@ -11,7 +11,7 @@
 //! included); while it has that many, its batches wait, the open one gathering records.
 //! A request carries every sendable batch, up to `request_bytes`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use fjord_protocol::BatchBuilder;
 use tokio::time::Instant;
 
 use crate::TopicPartition;
+use crate::hash::FastMap;
 
 /// Bytes of a RecordBatch v2 header.
 pub(crate) const BATCH_OVERHEAD: usize = fjord_protocol::batch::HEADER_SIZE;
@@ -88,7 +89,7 @@ pub(crate) struct Accumulator<T> {
     linger: Duration,
     request_bytes: usize,
     max_in_flight: usize,
-    queues: HashMap<TopicPartition, Queue<T>>,
+    queues: FastMap<TopicPartition, Queue<T>>,
     next_id: u64,
     /// Ids of the batches not yet completed (open, full or in flight).
     outstanding: BTreeSet<u64>,
@@ -106,7 +107,7 @@ impl<T> Accumulator<T> {
             linger,
             request_bytes: request_bytes.max(1),
             max_in_flight: max_in_flight.max(1),
-            queues: HashMap::new(),
+            queues: FastMap::default(),
             next_id: 0,
             outstanding: BTreeSet::new(),
         }
@@ -122,7 +123,11 @@ impl<T> Accumulator<T> {
         now: Instant,
     ) -> u64 {
         let size = record.size();
-        let queue = self.queues.entry(tp.clone()).or_default();
+        // Looked up before it is inserted: no copy of the topic name per record.
+        if !self.queues.contains_key(tp) {
+            self.queues.insert(tp.clone(), Queue::default());
+        }
+        let queue = self.queues.get_mut(tp).expect("just inserted");
         if let Some(open) = &queue.open
             && open.size + size > self.batch_bytes
         {
@@ -136,7 +141,8 @@ impl<T> Accumulator<T> {
             Batch {
                 id,
                 records: BatchBuilder::with_capacity(self.batch_bytes.min(1 << 20)),
-                replies: Vec::new(),
+                // Room for as many records of this size as fill the batch.
+                replies: Vec::with_capacity((self.batch_bytes / size.max(1)).clamp(1, 1024)),
                 size: BATCH_OVERHEAD,
                 created: now,
             }

@@ -11,7 +11,6 @@
 pub(crate) mod accumulator;
 mod sender;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,11 +21,13 @@ use tokio::time::Instant;
 
 use crate::TopicPartition;
 use crate::admin::Admin;
-use crate::connection::{GrpcClient, connect};
+use crate::connection::{GrpcClient, connect_channel, grpc_client};
 use crate::error::{ClientError, Result};
+use crate::hash::FastMap;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
 use accumulator::{Accumulator, Batch, PendingRecord};
 use sender::Sender;
+use tonic::transport::Channel;
 
 pub use fjord_protocol::Compression;
 
@@ -183,11 +184,12 @@ impl Producer {
     /// Connects to the broker at `addr` and starts the dispatcher task (on the current
     /// tokio runtime).
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer> {
-        let client = connect(addr).await?;
-        Ok(Producer::start(client, config))
+        let channel = connect_channel(addr).await?;
+        Ok(Producer::start(channel, config))
     }
 
-    fn start(client: GrpcClient, config: ProducerConfig) -> Producer {
+    fn start(channel: Channel, config: ProducerConfig) -> Producer {
+        let client = grpc_client(channel.clone());
         let buffer_memory = config
             .buffer_memory
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -206,12 +208,13 @@ impl Producer {
                 config.max_in_flight,
             ),
             client,
+            channel,
             config,
             sticky: StickyPartitioner::new(seed),
-            counts: HashMap::new(),
-            unknown: HashMap::new(),
+            counts: FastMap::default(),
+            unknown: FastMap::default(),
             flush_waiters: Vec::new(),
-            senders: HashMap::new(),
+            senders: FastMap::default(),
             done_tx,
             done_rx,
         };
@@ -371,17 +374,19 @@ struct Done {
 
 struct Dispatcher {
     client: GrpcClient,
+    /// The connection, for the partitions' produce streams.
+    channel: Channel,
     config: ProducerConfig,
     acc: Accumulator<Reply>,
     sticky: StickyPartitioner,
     /// Partition counts per topic.
-    counts: HashMap<String, u32>,
+    counts: FastMap<String, u32>,
     /// Topics whose lookup failed lately, with the error and until when it stands.
-    unknown: HashMap<String, (ClientError, Instant)>,
+    unknown: FastMap<String, (ClientError, Instant)>,
     /// Flushes waiting for every batch with an id below theirs.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// Each partition's sender task, fed the batches of one request at a time.
-    senders: HashMap<TopicPartition, mpsc::UnboundedSender<Vec<Batch<Reply>>>>,
+    senders: FastMap<TopicPartition, mpsc::UnboundedSender<Vec<Batch<Reply>>>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -402,10 +407,13 @@ impl Dispatcher {
                 }
                 command = commands.recv(), if !closing => match command {
                     Some(command) => {
-                        self.handle(command).await;
+                        // One clock reading per turn: the records of a turn join their
+                        // batches within microseconds of each other.
+                        let now = Instant::now();
+                        self.handle(command, now).await;
                         for _ in 1..COMMANDS_PER_TURN {
                             match commands.try_recv() {
-                                Ok(command) => self.handle(command).await,
+                                Ok(command) => self.handle(command, now).await,
                                 Err(_) => break,
                             }
                         }
@@ -441,7 +449,7 @@ impl Dispatcher {
         let sender = self.senders.entry(tp.clone()).or_insert_with_key(|tp| {
             let (tx, rx) = mpsc::unbounded_channel();
             let sender = Sender {
-                client: self.client.clone(),
+                channel: self.channel.clone(),
                 config: self.config.clone(),
                 tp: tp.clone(),
                 done: self.done_tx.clone(),
@@ -461,7 +469,7 @@ impl Dispatcher {
         }
     }
 
-    async fn handle(&mut self, command: Command) {
+    async fn handle(&mut self, command: Command, now: Instant) {
         match command {
             Command::Flush(tx) => {
                 let below = self.acc.next_id();
@@ -487,10 +495,10 @@ impl Dispatcher {
                     }
                 };
                 let keyless = record.key.is_none();
-                let tp = TopicPartition::new(&topic, partition);
-                let batch = self.acc.append(&tp, record, reply, Instant::now());
+                let tp = TopicPartition { topic, partition };
+                let batch = self.acc.append(&tp, record, reply, now);
                 if keyless {
-                    self.sticky.joined(&topic, partition, batch);
+                    self.sticky.joined(&tp.topic, partition, batch);
                 }
             }
         }

@@ -11,22 +11,27 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use fjord_protocol::ProduceParts;
 use fjord_protocol::codec::ProducerFields;
 use fjord_protocol::v1;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 use super::accumulator::Batch;
 use super::{Acks, Done, ProducerConfig, RecordMetadata, Reply};
 use crate::TopicPartition;
-use crate::connection::GrpcClient;
+use crate::connection::raw_client;
 use crate::error::ClientError;
+
+/// The gRPC method of `ProduceStream`.
+const PRODUCE_STREAM: &str = "/fjord.v1.Fjord/ProduceStream";
 
 /// How long a stream with nothing in flight stays open for the partition's next request.
 const IDLE_STREAM: Duration = Duration::from_secs(10);
 
 /// A request sent and not yet answered.
 struct InFlight {
-    request: v1::ProduceRequest,
+    request: ProduceParts,
     /// The batches it carries, in order.
     batches: Vec<Batch<Reply>>,
     /// Every batch id the dispatcher handed over with it (including batches that failed
@@ -38,12 +43,12 @@ struct InFlight {
 
 /// An open `ProduceStream` call.
 struct Stream {
-    requests: mpsc::UnboundedSender<v1::ProduceRequest>,
+    requests: mpsc::UnboundedSender<ProduceParts>,
     answers: tonic::Streaming<v1::ProduceResponse>,
 }
 
 pub(super) struct Sender {
-    pub client: GrpcClient,
+    pub channel: Channel,
     pub config: ProducerConfig,
     pub tp: TopicPartition,
     pub done: mpsc::UnboundedSender<Done>,
@@ -123,27 +128,18 @@ impl Sender {
             self.report(ids, false);
             return None;
         }
-        // One batch goes as it is; several are put together once.
-        let records = if encoded.len() == 1 {
-            encoded.pop().expect("one batch")
-        } else {
-            let mut all = bytes::BytesMut::with_capacity(encoded.iter().map(|b| b.len()).sum());
-            for bytes in &encoded {
-                all.extend_from_slice(bytes);
-            }
-            all.freeze()
-        };
         let acks = match self.config.acks {
             Acks::None => v1::Acks::None,
             Acks::Leader => v1::Acks::Leader,
             Acks::All => v1::Acks::All,
         };
         Some(InFlight {
-            request: v1::ProduceRequest {
+            // The batches are encoded back to back into the gRPC message, not joined.
+            request: ProduceParts {
                 topic: self.tp.topic.clone(),
                 partition: self.tp.partition,
                 acks: acks as i32,
-                records,
+                records: encoded,
             },
             batches: sent,
             ids,
@@ -164,16 +160,21 @@ impl Sender {
     }
 
     /// Opens a stream, with `first` sent on it.
-    async fn open(&self, first: Vec<v1::ProduceRequest>) -> Result<Stream, ClientError> {
+    async fn open(&self, first: Vec<ProduceParts>) -> Result<Stream, ClientError> {
         let (requests, mut rx) = mpsc::unbounded_channel();
         for request in first {
             let _ = requests.send(request);
         }
         let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let answers = self
-            .client
-            .clone()
-            .produce_stream(outgoing)
+        // The generated client's call, with `ProduceParts` for `ProduceRequest`.
+        let mut grpc = raw_client(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| ClientError::Transport(crate::error::error_chain(&e)))?;
+        let codec = PartsCodec;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(PRODUCE_STREAM);
+        let answers = grpc
+            .streaming(tonic::Request::new(outgoing), path, codec)
             .await
             .map_err(produce_error)?
             .into_inner();
@@ -226,6 +227,43 @@ impl Sender {
             ids,
             stale_metadata,
         });
+    }
+}
+
+/// `ProduceStream`'s codec: [`ProduceParts`] out (the message's room reserved at once, not
+/// grown batch by batch), `ProduceResponse` in.
+struct PartsCodec;
+
+struct PartsEncoder;
+
+impl tonic::codec::Encoder for PartsEncoder {
+    type Item = ProduceParts;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: ProduceParts,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::Message;
+        buf.reserve(item.encoded_len());
+        item.encode_raw(buf);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for PartsCodec {
+    type Encode = ProduceParts;
+    type Decode = v1::ProduceResponse;
+    type Encoder = PartsEncoder;
+    type Decoder = tonic_prost::ProstDecoder<v1::ProduceResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PartsEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<ProduceParts, v1::ProduceResponse>::default().decoder()
     }
 }
 
