@@ -17,7 +17,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE_BYTES: usize = 80 * 1024 * 1024;
 /// How long any one call may take: above the broker's longest long poll (60 s), so a
 /// hung broker or a half-open connection fails the call instead of blocking it forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// HTTP/2 pings find a dead connection even when no call is running.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 

@@ -1031,3 +1031,47 @@ async fn a_producer_retries_through_a_broker_restart_in_order() {
     let expected: Vec<String> = (0..2000).map(|i| format!("{i:04}")).collect();
     assert_eq!(values, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_callback_does_not_stop_the_other_records() {
+    use fjord::client::{Producer, ProducerConfig, ProducerRecord};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "p", 1, &[]).await;
+    let config = ProducerConfig {
+        batch_bytes: 256,
+        request_bytes: 256,
+        linger_ms: 0,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    let answered = Arc::new(AtomicU32::new(0));
+    for i in 0..500u32 {
+        let record = ProducerRecord {
+            topic: "p".into(),
+            value: Some(format!("{i:03}-{}", "v".repeat(60)).into()),
+            ..ProducerRecord::default()
+        };
+        let answered = answered.clone();
+        producer
+            .send_with(record, move |r| {
+                r.unwrap();
+                answered.fetch_add(1, Ordering::SeqCst);
+                assert!(i % 100 != 50, "the application's callback panics");
+            })
+            .await
+            .unwrap();
+    }
+    // Were a panic to take a partition's sender down, this would wait forever.
+    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+        .await
+        .expect("flush returns")
+        .unwrap();
+    assert_eq!(answered.load(Ordering::SeqCst), 500);
+    assert_eq!(read_all(&mut client, "p", 0, 0).await.len(), 500);
+}

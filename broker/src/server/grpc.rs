@@ -405,17 +405,19 @@ impl Fjord for FjordService {
         let service = self.clone();
         let mut shutdown = self.shutdown.clone();
         // Appends, one request at a time in the order received; stops at the first failure,
-        // so nothing after a failed request is appended.
+        // so nothing after a failed request is appended; stops too when the client has
+        // gone (the answers task ends), and at shutdown.
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
-                    next = requests.message() => next,
-                    _ = pending_tx.closed() => return,
+                    biased;
                     _ = stopped(&mut shutdown) => {
                         let closing = Err(Status::unavailable("the broker is shutting down"));
-                        let _ = pending_tx.send(Pending::Done(closing)).await;
+                        let _ = pending_tx.try_send(Pending::Done(closing));
                         return;
                     }
+                    _ = pending_tx.closed() => return,
+                    next = requests.message() => next,
                 };
                 let pending = match next {
                     Ok(Some(request)) => match service.append(request).await {
@@ -429,14 +431,25 @@ impl Fjord for FjordService {
                     Err(status) => Pending::Done(Err(refuse(status))),
                 };
                 let failed = matches!(pending, Pending::Done(Err(_)));
-                if pending_tx.send(pending).await.is_err() || failed {
+                let sent = tokio::select! {
+                    sent = pending_tx.send(pending) => sent.is_ok(),
+                    _ = stopped(&mut shutdown) => false,
+                };
+                if !sent || failed {
                     return;
                 }
             }
         });
-        // Answers, in order; the first failure ends the stream.
+        // Answers, in order; the first failure ends the stream. A client that went away
+        // (its answer stream dropped) ends it too, and with it the appends.
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            while let Some(pending) = pending_rx.recv().await {
+            loop {
+                let pending = tokio::select! {
+                    pending = pending_rx.recv() => pending,
+                    _ = answers_tx.closed() => return,
+                };
+                let Some(pending) = pending else { return };
                 let answer = match pending {
                     Pending::Done(answer) => answer,
                     Pending::Durable(answer, durable) => durable
@@ -445,7 +458,14 @@ impl Fjord for FjordService {
                         .map_err(|e| refuse(storage_status(e))),
                 };
                 let failed = answer.is_err();
-                if answers_tx.send(answer).await.is_err() || failed {
+                // Answers that can go now do; a client that does not read them must not
+                // hold up shutdown.
+                let sent = tokio::select! {
+                    biased;
+                    sent = answers_tx.send(answer) => sent.is_ok(),
+                    _ = stopped(&mut shutdown) => false,
+                };
+                if !sent || failed {
                     return;
                 }
             }

@@ -65,8 +65,9 @@ pub struct ProducerConfig {
     /// fails with [`ClientError::BufferFull`].
     pub max_block_ms: u64,
     /// Kafka's `max.in.flight.requests.per.connection`: unanswered requests per
-    /// partition at most. They travel on one stream that the broker appends in order,
-    /// so records are never reordered, retries included.
+    /// partition at most. They travel on one stream that the broker appends in order
+    /// and stops at the first failure, so retries keep the send order; after a lost
+    /// connection some records may be written twice (at least once).
     pub max_in_flight: usize,
     /// The most one produce request carries (Kafka's `max.request.size`): the batches
     /// of a partition ready to go share requests up to this size (never less than
@@ -136,7 +137,14 @@ impl Reply {
         match self.to {
             // A dropped future does not want the outcome.
             Outcome::Future(tx) => drop(tx.send(result)),
-            Outcome::Callback(callback) => callback(result),
+            // A panicking callback must not take the partition's sender task with it
+            // (its other records would never be answered, and flush would wait forever).
+            Outcome::Callback(callback) => {
+                let call = std::panic::AssertUnwindSafe(|| callback(result));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!("a send_with callback panicked");
+                }
+            }
         }
     }
 }

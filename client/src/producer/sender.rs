@@ -6,7 +6,11 @@
 //! sent after it. So the requests in flight are a queue: an answer completes the oldest,
 //! and a failure is the oldest's. After a failure the oldest is retried (retriable error,
 //! attempts left) or failed, and every request still in flight is sent again, in order,
-//! on a new stream: a partition's records are never reordered, whatever fails.
+//! on a new stream. A failure the broker reports leaves the log in send order. After a
+//! lost connection or an answer that never came (`REQUEST_TIMEOUT`), the broker may
+//! have appended some of the requests sent again, and they are then written twice: at
+//! least once, as Kafka's producer without idempotence, with the first copies in send
+//! order.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use tonic::transport::Channel;
 use super::accumulator::Batch;
 use super::{Acks, Done, ProducerConfig, RecordMetadata, Reply};
 use crate::TopicPartition;
-use crate::connection::raw_client;
+use crate::connection::{REQUEST_TIMEOUT, raw_client};
 use crate::error::ClientError;
 
 /// The gRPC method of `ProduceStream`.
@@ -273,12 +277,19 @@ async fn next_answer(stream: &mut Option<Stream>) -> Result<v1::ProduceResponse,
     let Some(stream) = stream else {
         return Err(ClientError::Unavailable("no produce stream".into()));
     };
-    match stream.answers.message().await {
-        Ok(Some(answer)) => Ok(answer),
-        Ok(None) => Err(ClientError::Unavailable(
+    // As long as a unary call may take: a broker that is up but never answers (a stuck
+    // disk) fails the oldest request instead of holding the producer forever.
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, stream.answers.message()).await;
+    match answer {
+        Ok(Ok(Some(answer))) => Ok(answer),
+        Ok(Ok(None)) => Err(ClientError::Unavailable(
             "the broker ended the produce stream".into(),
         )),
-        Err(status) => Err(produce_error(status)),
+        Ok(Err(status)) => Err(produce_error(status)),
+        Err(_) => Err(ClientError::Transport(format!(
+            "no answer to a produce request within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
     }
 }
 
