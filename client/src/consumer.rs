@@ -623,41 +623,7 @@ impl Consumer {
 
     fn start_fetches(&mut self) {
         for (tp, state) in &mut self.assigned {
-            let Some(offset) = state.position else {
-                continue;
-            };
-            if state.in_flight {
-                continue;
-            }
-            state.in_flight = true;
-            let delay = (state.failures > 0).then_some(FETCH_BACKOFF);
-            let request = v1::FetchRequest {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset,
-                max_bytes: self.config.max_bytes,
-                max_wait_ms: self.config.max_wait_ms,
-                min_bytes: 1,
-            };
-            let mut client = self.client.clone();
-            let tp = tp.clone();
-            let epoch = state.epoch;
-            self.fetches.push(Box::pin(async move {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                let result = client
-                    .fetch(request)
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| ClientError::from_status(s, Some(offset)));
-                FetchDone {
-                    tp,
-                    epoch,
-                    offset,
-                    result,
-                }
-            }));
+            start_fetch(&mut self.fetches, &self.client, &self.config, tp, state);
         }
     }
 
@@ -674,21 +640,36 @@ impl Consumer {
             Ok(response) => {
                 state.failures = 0;
                 state.high_watermark = Some(response.high_watermark);
+                // The next fetch goes now, from where the broker says, while these records
+                // are decoded: the broker and the network work meanwhile.
+                let next = response.next_offset.max(done.offset);
+                state.position = Some(next);
+                if !response.records.is_empty() {
+                    start_fetch(
+                        &mut self.fetches,
+                        &self.client,
+                        &self.config,
+                        &done.tp,
+                        state,
+                    );
+                }
                 let before = out.len();
                 let decoded = decode_into(&done.tp, &response.records, done.offset, out);
                 let last = out[before..].last().map_or(done.offset, |r| r.offset + 1);
-                match decoded {
-                    Ok(()) => {
-                        state.position = Some(response.next_offset.max(last).max(done.offset));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The records before the bad batch were handed out: move past
-                        // them, so they are not delivered again, and report the error.
-                        state.position = Some(last);
-                        Err(e)
-                    }
-                }
+                let moved_to = match decoded {
+                    Ok(()) if last <= next => return Ok(()),
+                    Ok(()) => last,
+                    // The records before the bad batch were handed out: move past them,
+                    // so they are not delivered again, and report the error.
+                    Err(_) => last,
+                };
+                // The position is not where the fetch just started: that fetch's answer
+                // is dropped (a new epoch) and the next one starts from here.
+                self.epochs += 1;
+                state.epoch = self.epochs;
+                state.in_flight = false;
+                state.position = Some(moved_to);
+                decoded
             }
             Err(ClientError::OffsetOutOfRange {
                 log_start_offset,
@@ -718,6 +699,52 @@ impl Consumer {
             }
         }
     }
+}
+
+/// Starts `tp`'s next fetch, from its position, unless one is in flight (or it has no
+/// position yet).
+fn start_fetch(
+    fetches: &mut FuturesUnordered<BoxFuture<'static, FetchDone>>,
+    client: &GrpcClient,
+    config: &ConsumerConfig,
+    tp: &TopicPartition,
+    state: &mut PartitionState,
+) {
+    let Some(offset) = state.position else {
+        return;
+    };
+    if state.in_flight {
+        return;
+    }
+    state.in_flight = true;
+    let delay = (state.failures > 0).then_some(FETCH_BACKOFF);
+    let request = v1::FetchRequest {
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        offset,
+        max_bytes: config.max_bytes,
+        max_wait_ms: config.max_wait_ms,
+        min_bytes: 1,
+    };
+    let mut client = client.clone();
+    let tp = tp.clone();
+    let epoch = state.epoch;
+    fetches.push(Box::pin(async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let result = client
+            .fetch(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status(s, Some(offset)));
+        FetchDone {
+            tp,
+            epoch,
+            offset,
+            result,
+        }
+    }));
 }
 
 /// Decodes the records at or after `from` of whole batches `bytes`.

@@ -1075,3 +1075,61 @@ async fn a_panicking_callback_does_not_stop_the_other_records() {
     assert_eq!(answered.load(Ordering::SeqCst), 500);
     assert_eq!(read_all(&mut client, "p", 0, 0).await.len(), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stops_at_a_batch_damaged_on_disk_and_delivers_nothing_twice() {
+    use fjord::client::{ClientError, Consumer, ConsumerConfig, Seek};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "d", 1, &[]).await;
+    let values = |batch: u32| -> Vec<String> { (0..10).map(|i| format!("b{batch}-{i}")).collect() };
+    let mut first_batch_len = 0;
+    for b in 0..3 {
+        let v = values(b);
+        let records: Vec<(Option<&str>, &str)> = v.iter().map(|s| (None, s.as_str())).collect();
+        let bytes = batch(&records);
+        if b == 0 {
+            first_batch_len = bytes.len();
+        }
+        produce(&mut client, "d", 0, bytes, Acks::All).await;
+    }
+    // A clean stop (no recovery scan at the next start), then one flipped bit inside the
+    // second batch's records: only a reader's CRC check can notice.
+    assert!(broker.stop());
+    let log = broker.data_dir.join("d-0").join("00000000000000000000.log");
+    let mut data = std::fs::read(&log).unwrap();
+    data[first_batch_len + 70] ^= 0x01;
+    std::fs::write(&log, data).unwrap();
+    let broker = broker.restart();
+    let config = ConsumerConfig {
+        max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    consumer.assign("d", &[0]).await.unwrap();
+    consumer.seek("d", 0, Seek::Beginning).await.unwrap();
+    let mut delivered = Vec::new();
+    let mut errors = 0;
+    // The first batch once, then the damaged one's error on every poll after it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while errors < 3 {
+        assert!(Instant::now() < deadline, "{delivered:?}, {errors} errors");
+        match consumer.poll().await {
+            Ok(records) => delivered.extend(
+                records
+                    .into_iter()
+                    .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap()),
+            ),
+            Err(e) => {
+                assert!(matches!(e, ClientError::Codec(_)), "{e:?}");
+                errors += 1;
+            }
+        }
+        assert!(delivered.len() <= 10, "{delivered:?}");
+    }
+    assert_eq!(delivered, values(0));
+    assert_eq!(consumer.position("d", 0), Some(10));
+}

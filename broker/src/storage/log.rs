@@ -313,13 +313,23 @@ impl Log {
                 Some((at, state)) => (at.max(self.log_start_offset), state),
                 None => (active, Producers::default()),
             };
-        while offset < self.log_end_offset {
+        // Headers only: their CRCs were checked when appended (and by recovery after a
+        // crash). A batch damaged on disk since then is a reader's error, not a reason to
+        // refuse to open: the replay stops there, with the state up to it.
+        'replay: while offset < self.log_end_offset {
             let read = self.read(offset, 8 << 20, ReadLimit::LogEnd)?;
             if read.records.is_empty() {
                 break;
             }
-            for header in fjord_protocol::BatchIter::new(&read.records) {
-                let header = header.map_err(StorageError::Codec)?;
+            for header in fjord_protocol::BatchIter::headers_only(&read.records) {
+                let header = match header {
+                    Ok(header) => header,
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), offset, error = %e,
+                            "producer state rebuilt up to an unreadable batch");
+                        break 'replay;
+                    }
+                };
                 if header.last_offset() >= offset {
                     state.replay(&header, now);
                 }
