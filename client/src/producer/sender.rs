@@ -75,7 +75,9 @@ impl Sender {
             let idle = in_flight.is_empty() && stream.is_some();
             let event = tokio::select! {
                 biased;
-                answer = next_answer(&mut stream), if !in_flight.is_empty() => {
+                // Read while idle too: a stream the broker ends then (a restart) is
+                // dropped at once, not found dead by the next request's first attempt.
+                answer = next_answer(&mut stream), if stream.is_some() => {
                     Event::Answer(answer)
                 }
                 batches = work.recv(), if open => Event::Work(batches),
@@ -83,9 +85,16 @@ impl Sender {
             };
             match event {
                 Event::Answer(Ok(answer)) => {
-                    let done = in_flight.pop_front().expect("answers only with requests");
+                    let Some(done) = in_flight.pop_front() else {
+                        // An answer to nothing sent: not this protocol; start afresh.
+                        tracing::warn!(topic = %self.tp.topic, partition = self.tp.partition,
+                            "a produce answer with no request in flight");
+                        stream = None;
+                        continue;
+                    };
                     self.succeeded(done, &answer);
                 }
+                Event::Answer(Err(_)) if in_flight.is_empty() => stream = None,
                 Event::Answer(Err(e)) => {
                     stream = None;
                     self.failed(e, &mut in_flight).await;
