@@ -656,19 +656,18 @@ impl Consumer {
                 let before = out.len();
                 let decoded = decode_into(&done.tp, &response.records, done.offset, out);
                 let last = out[before..].last().map_or(done.offset, |r| r.offset + 1);
-                let moved_to = match decoded {
-                    Ok(()) if last <= next => return Ok(()),
-                    Ok(()) => last,
-                    // The records before the bad batch were handed out: move past them,
-                    // so they are not delivered again, and report the error.
-                    Err(_) => last,
-                };
-                // The position is not where the fetch just started: that fetch's answer
-                // is dropped (a new epoch) and the next one starts from here.
+                if decoded.is_ok() && last <= next {
+                    return Ok(());
+                }
+                // A bad batch (the records before it were handed out: move past them, so
+                // they are not delivered again, and report the error), or records past
+                // the broker's next offset: the fetch just started is from the wrong
+                // place, so its answer is dropped (a new epoch) and the next one starts
+                // from here.
                 self.epochs += 1;
                 state.epoch = self.epochs;
                 state.in_flight = false;
-                state.position = Some(moved_to);
+                state.position = Some(last);
                 decoded
             }
             Err(ClientError::OffsetOutOfRange {

@@ -185,11 +185,13 @@ type ProduceStream =
     Pin<Box<dyn Stream<Item = Result<v1::ProduceResponse, Status>> + Send + 'static>>;
 
 impl FjordService {
-    /// Appends one produce request; with acks=all, also returns what waits for its fsync
-    /// (the answer is due after it).
+    /// Appends one produce request. `pipelined` (a produce stream): an acks=all append
+    /// returns at once with what waits for its fsync (the answer is due after it);
+    /// otherwise the fsync is waited for here, in the append's own blocking hop.
     async fn append(
         &self,
         r: v1::ProduceRequest,
+        pipelined: bool,
     ) -> Result<(v1::ProduceResponse, Option<DurableWait>), Status> {
         let partition = self.partition(&r.topic, r.partition)?;
         let acks = match v1::Acks::try_from(r.acks) {
@@ -204,10 +206,12 @@ impl FjordService {
             }
         };
         let bytes = r.records.len() as u64;
-        let (produced, durable) = partition
-            .produce_pipelined(r.records, acks)
-            .await
-            .map_err(|e| refuse(storage_status(e)))?;
+        let produced = if pipelined {
+            partition.produce_pipelined(r.records, acks).await
+        } else {
+            partition.produce(r.records, acks).await.map(|p| (p, None))
+        };
+        let (produced, durable) = produced.map_err(|e| refuse(storage_status(e)))?;
         let (info, log_start_offset) = (produced.info, produced.log_start_offset);
         self.metrics
             .produced(&r.topic, bytes, info.last_offset - info.first_offset + 1);
@@ -384,10 +388,7 @@ impl Fjord for FjordService {
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
-        let (answer, durable) = self.append(request.into_inner()).await?;
-        if let Some(durable) = durable {
-            durable.await.map_err(|e| refuse(storage_status(e)))?;
-        }
+        let (answer, _) = self.append(request.into_inner(), false).await?;
         Ok(Response::new(answer))
     }
 
@@ -420,7 +421,7 @@ impl Fjord for FjordService {
                     next = requests.message() => next,
                 };
                 let pending = match next {
-                    Ok(Some(request)) => match service.append(request).await {
+                    Ok(Some(request)) => match service.append(request, true).await {
                         Ok((answer, None)) => Pending::Done(Ok(answer)),
                         Ok((answer, Some(durable))) => Pending::Durable(answer, durable),
                         Err(status) => Pending::Done(Err(status)),
