@@ -40,8 +40,10 @@ pub struct E2eArgs {
     /// A batch is sent once it holds this many bytes.
     #[arg(long, value_name = "B", default_value_t = ProducerConfig::default().batch_bytes)]
     batch_bytes: usize,
-    /// How long a batch waits for more records.
-    #[arg(long, value_name = "L", default_value_t = ProducerConfig::default().linger_ms)]
+    /// How long a batch waits for more records. 0 by default, as in Kafka's end-to-end
+    /// latency tool: a record goes as soon as the partition has a request slot free, and
+    /// records that arrive while requests are in flight still share batches.
+    #[arg(long, value_name = "L", default_value_t = 0)]
     linger_ms: u64,
     /// How batches are compressed.
     #[arg(long, value_enum, default_value = "none")]
