@@ -50,6 +50,22 @@ pub struct FlushPolicy {
 /// blocking thread (when it waits for no fsync).
 pub const INLINE_APPEND_BYTES: usize = 256 * 1024;
 
+/// What an acks=all produce waits on: the offset below which the log is fsync'd, moved by
+/// every flush, and whether a flush failed (the log is then offline for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    offset: i64,
+    failed: bool,
+}
+
+/// The background flush that [`Partition::durable`] starts: the highest offset asked to be
+/// made durable, and whether a blocking thread is flushing towards it.
+#[derive(Debug, Default)]
+struct FlushWanted {
+    target: i64,
+    running: bool,
+}
+
 /// One partition. See the module docs.
 #[derive(Debug)]
 pub struct Partition {
@@ -57,6 +73,8 @@ pub struct Partition {
     id: u32,
     log: Arc<RwLock<Log>>,
     commit: GroupCommit,
+    durable: watch::Sender<Durable>,
+    flush_wanted: Mutex<FlushWanted>,
     high_watermark: watch::Sender<i64>,
     flush_policy: Mutex<FlushPolicy>,
     /// Records appended since the last flush.
@@ -78,6 +96,11 @@ impl Partition {
             id,
             log: Arc::new(RwLock::new(log)),
             commit: GroupCommit::new(recovery_point),
+            durable: watch::Sender::new(Durable {
+                offset: recovery_point,
+                failed: false,
+            }),
+            flush_wanted: Mutex::new(FlushWanted::default()),
             high_watermark: watch::Sender::new(hw),
             flush_policy: Mutex::new(flush_policy),
             unflushed: AtomicI64::new(0),
@@ -154,14 +177,31 @@ impl Partition {
         Ok(info)
     }
 
-    /// [`append`](Self::append) from async code, on a blocking thread. Offsets are
-    /// patched in place: the buffer is taken as it is when nothing else shares it, and
-    /// copied only when something does.
+    /// [`append`](Self::append) from async code. acks=all is appended as acks=1 is, then
+    /// waits on the durable-offset watch ([`durable`](Self::durable)), holding no thread.
     pub async fn produce(
         self: &Arc<Self>,
         records: Bytes,
         acks: Acks,
     ) -> Result<Produced, StorageError> {
+        if acks != Acks::All {
+            return self.produce_appended(records, acks).await;
+        }
+        let produced = self.produce_appended(records, Acks::Leader).await?;
+        self.durable(produced.info.last_offset + 1).await?;
+        Ok(produced)
+    }
+
+    /// The append of [`produce`](Self::produce), for acks 0 or 1 (the flush.messages
+    /// policy still applies), on a blocking thread unless it is small and the lock free.
+    /// Offsets are patched in place: the buffer is taken as it is when nothing else
+    /// shares it, and copied only when something does.
+    async fn produce_appended(
+        self: &Arc<Self>,
+        records: Bytes,
+        acks: Acks,
+    ) -> Result<Produced, StorageError> {
+        debug_assert!(acks != Acks::All, "acks=all waits on the durable watch");
         let mut records = records
             .try_into_mut()
             .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
@@ -174,8 +214,7 @@ impl Partition {
             .unwrap_or_else(|p| p.into_inner())
             .flush_messages
             == i64::MAX;
-        if acks != Acks::All
-            && never_flushes
+        if never_flushes
             && records.len() <= INLINE_APPEND_BYTES
             && let Ok(mut log) = self.log.try_write()
             && !log.would_roll(records.len() as u64)
@@ -213,13 +252,9 @@ impl Partition {
         if acks != Acks::All {
             return Ok((self.produce(records, acks).await?, None));
         }
-        let produced = self.produce(records, Acks::Leader).await?;
+        let produced = self.produce_appended(records, Acks::Leader).await?;
         let (partition, end) = (self.clone(), produced.info.last_offset + 1);
-        let durable = Box::pin(async move {
-            tokio::task::spawn_blocking(move || partition.wait_durable(end))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        });
+        let durable = Box::pin(async move { partition.durable(end).await });
         Ok((produced, Some(durable)))
     }
 
@@ -237,14 +272,85 @@ impl Partition {
         })
     }
 
-    /// Returns once every offset below `offset` is fsync'd (group commit).
+    /// Returns once every offset below `offset` is fsync'd (group commit). Blocking; async
+    /// code waits with [`durable`](Self::durable) instead.
     pub fn wait_durable(&self, offset: i64) -> Result<(), StorageError> {
         self.commit.wait_durable(offset, || {
-            let durable = Log::flush_shared(&self.log)?;
+            let flushed = Log::flush_shared(&self.log);
+            let Ok(durable) = flushed else {
+                // A failed flush takes the log offline (the error is logged): no waiter
+                // on the watch is going to see its offset durable.
+                self.durable.send_modify(|d| d.failed = true);
+                return flushed;
+            };
             self.unflushed.store(0, Ordering::SeqCst);
             *self.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            self.durable.send_if_modified(|d| {
+                let moved = durable > d.offset;
+                d.offset = d.offset.max(durable);
+                moved
+            });
             Ok(durable)
         })
+    }
+
+    /// Returns once every offset below `offset` is fsync'd, without holding a thread: it
+    /// waits on the durable-offset watch that every flush moves, and asks the background
+    /// flusher for `offset` (one blocking thread a partition at most, which group-commits
+    /// what everyone asked for meanwhile).
+    pub async fn durable(self: &Arc<Self>, offset: i64) -> Result<(), StorageError> {
+        let mut durable = self.durable.subscribe();
+        loop {
+            let now = *durable.borrow_and_update();
+            if now.offset >= offset {
+                return Ok(());
+            }
+            if now.failed {
+                return Err(StorageError::LogOffline {
+                    dir: self.log().dir().to_path_buf(),
+                });
+            }
+            self.want_flush(offset);
+            // The sender lives as long as `self`, which this borrows.
+            let _ = durable.changed().await;
+        }
+    }
+
+    /// Asks for everything below `offset` to be flushed: starts the background flusher on
+    /// a blocking thread unless it is running (it then flushes again before it stops).
+    fn want_flush(self: &Arc<Self>, offset: i64) {
+        let mut wanted = self.flush_wanted.lock().unwrap_or_else(|p| p.into_inner());
+        wanted.target = wanted.target.max(offset);
+        if wanted.running {
+            return;
+        }
+        wanted.running = true;
+        drop(wanted);
+        let partition = self.clone();
+        tokio::task::spawn_blocking(move || partition.run_flusher());
+    }
+
+    /// The background flusher: flushes until what was asked for is durable, or a flush
+    /// fails (the watch then says so), then stops. The target is read and `running`
+    /// cleared under one lock, so an offset asked for meanwhile is never left unflushed.
+    fn run_flusher(&self) {
+        loop {
+            let target = {
+                let mut wanted = self.flush_wanted.lock().unwrap_or_else(|p| p.into_inner());
+                if wanted.target <= self.commit.durable_offset() {
+                    wanted.running = false;
+                    return;
+                }
+                wanted.target
+            };
+            if self.wait_durable(target).is_err() {
+                self.flush_wanted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .running = false;
+                return;
+            }
+        }
     }
 
     /// The flush.ms policy: fsync if the last one is older than `flush.ms`. Blocking.
@@ -377,10 +483,58 @@ mod tests {
         holder.join().unwrap();
         let second = second.await.unwrap().unwrap();
         assert_eq!((second.info.first_offset, second.info.last_offset), (3, 4));
-        // acks=all always waits for its fsync on a blocking thread.
+        // acks=all is appended the same way, then waits on the durable watch.
         let third = p.produce(batch(1), Acks::All).await.unwrap();
         assert_eq!(third.info.first_offset, 5);
         assert!(p.log().recovery_point() >= 6);
         assert_eq!(*hw.borrow(), 6);
+    }
+
+    fn partition(dir: &std::path::Path) -> Arc<Partition> {
+        let log = Log::open(dir, LogConfig::default(), Arc::new(ManualClock::new(0)));
+        let never = FlushPolicy {
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+        };
+        Arc::new(Partition::new("t", 0, log.unwrap(), never))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acks_all_returns_durable_and_a_failed_flush_wakes_its_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        // Many acks=all produces at once, through the one background flusher: each
+        // returns once its records are durable.
+        let produces: Vec<_> = (0..32)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.produce(batch(1), Acks::All).await })
+            })
+            .collect();
+        for produce in produces {
+            let produced = produce.await.unwrap().unwrap();
+            assert!(p.log().recovery_point() > produced.info.last_offset);
+        }
+        assert_eq!(p.log().recovery_point(), 32);
+        // Already durable: no flush.
+        let flushes = p.commit.flushes();
+        p.durable(32).await.unwrap();
+        assert_eq!(p.commit.flushes(), flushes);
+        // Appended, then the log goes away before its fsync: the waiter gets an error,
+        // it does not wait forever.
+        let appended = p.produce(batch(2), Acks::Leader).await.unwrap();
+        p.mark_deleted();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(30),
+            p.durable(appended.info.last_offset + 1),
+        )
+        .await
+        .expect("a failed flush wakes its waiters");
+        assert!(
+            matches!(waited, Err(StorageError::LogOffline { .. })),
+            "{waited:?}"
+        );
+        // And a later waiter learns it at once.
+        assert!(p.durable(34).await.is_err());
     }
 }
