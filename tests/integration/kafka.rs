@@ -856,6 +856,17 @@ async fn a_librdkafka_group_of_three_reads_everything_and_its_commits_survive_a_
 
 /// One Produce v9 of `batch` to partition 0 of `topic`: (error code, base offset).
 fn produce_raw(stream: &mut TcpStream, topic: &str, batch: bytes::Bytes) -> (i16, i64) {
+    let response = crate::kafka_admin::call(stream, 9, &produce_request(topic, -1, batch));
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+/// A Produce v9 of `batch` to partition 0 of `topic` with `acks`.
+fn produce_request(
+    topic: &str,
+    acks: i16,
+    batch: bytes::Bytes,
+) -> kafka_protocol::messages::ProduceRequest {
     use kafka_protocol::messages::ProduceRequest;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     let mut partition = PartitionProduceData::default();
@@ -865,12 +876,92 @@ fn produce_raw(stream: &mut TcpStream, topic: &str, batch: bytes::Bytes) -> (i16
     data.name = crate::kafka_admin::topic_name(topic);
     data.partition_data = vec![partition];
     let mut request = ProduceRequest::default();
-    request.acks = -1;
+    request.acks = acks;
     request.timeout_ms = 30_000;
     request.topic_data = vec![data];
-    let response = crate::kafka_admin::call(stream, 9, &request);
-    let answer = &response.responses[0].partition_responses[0];
-    (answer.error_code, answer.base_offset)
+    request
+}
+
+#[test]
+fn pipelined_produces_are_appended_and_answered_in_request_order() {
+    use fjord::protocol::codec::{Compression, RecordInput, encode_batch};
+    use kafka_protocol::messages::{ApiVersionsRequest, ProduceRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "pipe", 1);
+    let mut stream = connect(&broker);
+    // 24 requests written before any answer is read, as librdkafka pipelines them:
+    // acks=all produces (whose answers wait for an fsync) and acks=1 ones, an
+    // ApiVersions (answered at once) every sixth, and a corrupt batch as the 14th.
+    let batch = |i: i32| {
+        let records: Vec<RecordInput> = (0..3)
+            .map(|r| RecordInput::new(None, Some(format!("{i}-{r}").into()), 0))
+            .collect();
+        encode_batch(&records, Compression::None).unwrap()
+    };
+    let kinds: Vec<&str> = (0..24)
+        .map(|i| match i {
+            13 => "corrupt",
+            i if i % 6 == 5 => "versions",
+            i if i % 3 == 0 => "acks1",
+            _ => "acksall",
+        })
+        .collect();
+    let mut frames = bytes::BytesMut::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let i = i as i32;
+        let frame = match *kind {
+            "versions" => crate::kafka_admin::request_frame(i, 3, &ApiVersionsRequest::default()),
+            "corrupt" => {
+                let mut bad = batch(i).to_vec();
+                let last = bad.len() - 1;
+                bad[last] ^= 0xff; // fails the CRC
+                let request = produce_request("pipe", -1, bad.into());
+                crate::kafka_admin::request_frame(i, 9, &request)
+            }
+            "acks1" => {
+                crate::kafka_admin::request_frame(i, 9, &produce_request("pipe", 1, batch(i)))
+            }
+            _ => crate::kafka_admin::request_frame(i, 9, &produce_request("pipe", -1, batch(i))),
+        };
+        frames.extend_from_slice(&frame);
+    }
+    stream.write_all(&frames).unwrap();
+    let mut next_offset = 0;
+    for (i, kind) in kinds.iter().enumerate() {
+        if *kind == "versions" {
+            let (id, answer) =
+                crate::kafka_admin::read_answer::<ApiVersionsRequest>(&mut stream, 3);
+            assert_eq!((id, answer.error_code), (i as i32, 0));
+            continue;
+        }
+        let (id, answer) = crate::kafka_admin::read_answer::<ProduceRequest>(&mut stream, 9);
+        assert_eq!(id, i as i32, "answers come in request order");
+        let answer = &answer.responses[0].partition_responses[0];
+        if *kind == "corrupt" {
+            assert_eq!((answer.error_code, answer.base_offset), (2, -1)); // CORRUPT_MESSAGE
+        } else {
+            assert_eq!(
+                (answer.error_code, answer.base_offset),
+                (0, next_offset),
+                "request {i}"
+            );
+            next_offset += 3;
+        }
+    }
+    // The log holds the records in request order, each once.
+    let read = consume(&broker, "pipe", 1, next_offset as usize);
+    let values: Vec<String> = read[&0]
+        .iter()
+        .map(|(_, (_, value, _))| String::from_utf8(value.clone().unwrap()).unwrap())
+        .collect();
+    let expected: Vec<String> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, kind)| matches!(**kind, "acks1" | "acksall"))
+        .flat_map(|(i, _)| (0..3).map(move |r| format!("{i}-{r}")))
+        .collect();
+    assert_eq!(values, expected);
 }
 
 fn init_producer_id(stream: &mut TcpStream) -> (i64, i16) {

@@ -423,10 +423,20 @@ async fn delete_records_moves_the_low_watermark() {
 
 /// Sends `request` at `version` on `stream` and decodes the response.
 pub fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R::Response {
+    stream
+        .write_all(&request_frame(7, version, request))
+        .unwrap();
+    let (correlation_id, response) = read_answer::<R>(stream, version);
+    assert_eq!(correlation_id, 7);
+    response
+}
+
+/// `request` at `version` as a size-prefixed frame with `correlation_id`.
+pub fn request_frame<R: Request>(correlation_id: i32, version: i16, request: &R) -> BytesMut {
     let mut header = RequestHeader::default();
     header.request_api_key = R::KEY;
     header.request_api_version = version;
-    header.correlation_id = 7;
+    header.correlation_id = correlation_id;
     header.client_id = Some(StrBytes::from_static_str("kafka-admin-test"));
     let mut body = BytesMut::new();
     header
@@ -436,7 +446,12 @@ pub fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R:
     let mut frame = BytesMut::new();
     frame.put_i32(body.len() as i32);
     frame.extend_from_slice(&body);
-    stream.write_all(&frame).unwrap();
+    frame
+}
+
+/// Reads the next response frame, as a response to an `R` at `version`: (its correlation
+/// id, the response).
+pub fn read_answer<R: Request>(stream: &mut TcpStream, version: i16) -> (i32, R::Response) {
     let mut size = [0u8; 4];
     stream.read_exact(&mut size).unwrap();
     let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
@@ -444,10 +459,9 @@ pub fn call<R: Request>(stream: &mut TcpStream, version: i16, request: &R) -> R:
     let mut response = bytes::Bytes::from(response);
     let header =
         ResponseHeader::decode(&mut response, R::Response::header_version(version)).unwrap();
-    assert_eq!(header.correlation_id, 7);
     let decoded = R::Response::decode(&mut response, version).unwrap();
     assert!(!response.has_remaining(), "trailing bytes in the response");
-    decoded
+    (header.correlation_id, decoded)
 }
 
 pub fn str_bytes(s: &str) -> StrBytes {

@@ -254,6 +254,8 @@ impl Partition {
         }
         let produced = self.produce_appended(records, Acks::Leader).await?;
         let (partition, end) = (self.clone(), produced.info.last_offset + 1);
+        // The fsync starts now, not when the caller gets round to waiting for it.
+        self.want_flush(end);
         let durable = Box::pin(async move { partition.durable(end).await });
         Ok((produced, Some(durable)))
     }

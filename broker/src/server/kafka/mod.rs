@@ -3,8 +3,9 @@
 //! - [`serve`]: the accept loop (a semaphore on connections; stops on shutdown).
 //! - `Connection` handling: 4-byte big-endian size-prefixed frames, read ahead by a
 //!   reader task (within a byte budget) while one request at a time is handled (as
-//!   Kafka, which handles a connection's requests in order), so responses go out in
-//!   request order.
+//!   Kafka, which handles a connection's requests in order), and responses go out in
+//!   request order. A produce's answer can wait for its fsync (acks=all) while the next
+//!   requests are handled: a writer task writes the answers in order, each when ready.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
 //!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], the admin APIs
 //!   ([`create_topics`], [`delete_topics`], [`create_partitions`], [`describe_configs`],
@@ -37,6 +38,8 @@ pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -162,10 +165,21 @@ const READ_AHEAD_BYTES: usize = 16 << 20;
 /// the frame has been handled).
 type ReadFrame = (Bytes, OwnedSemaphorePermit);
 
+/// How many answers of a connection may wait to be written (acks=all produces waiting for
+/// their fsync, and the answers behind them) before it handles no more requests.
+const PENDING_ANSWERS: usize = 32;
+
+/// A request's answer: encoded, or still to come (a produce waiting for its fsync).
+enum Answer {
+    Ready(BytesMut),
+    Later(Pin<Box<dyn Future<Output = Result<BytesMut, KafkaError>> + Send>>),
+}
+
 /// Serves one connection until the peer closes it, a frame cannot be served, or shutdown.
 /// A reader task reads the next frames while one is handled (clients such as librdkafka
 /// pipeline their requests), within [`READ_AHEAD_BYTES`]; requests are still handled one
-/// at a time and answered in order.
+/// at a time, and a writer task writes their answers in request order, each once ready,
+/// within [`PENDING_ANSWERS`].
 async fn connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -194,19 +208,53 @@ async fn connection(
             }
         }
     }));
-    loop {
-        let frame = tokio::select! {
-            frame = next.recv() => frame,
-            _ = stopped(&mut shutdown) => return Ok(()),
-        };
-        // `None`: the peer closed the connection between frames.
-        let Some(frame) = frame else {
-            return Ok(());
-        };
-        let (frame, _budget) = frame?;
-        if let Some(response) = service.handle(frame, &client_host).await? {
-            writer.write_all(&response).await?;
+    let (answers, mut queued) = mpsc::channel::<Answer>(PENDING_ANSWERS);
+    let mut write_answers = tokio::spawn(async move {
+        while let Some(answer) = queued.recv().await {
+            let frame = match answer {
+                Answer::Ready(frame) => frame,
+                Answer::Later(frame) => frame.await?,
+            };
+            writer.write_all(&frame).await?;
         }
+        Ok::<(), KafkaError>(())
+    });
+    let served = async {
+        loop {
+            let frame = tokio::select! {
+                frame = next.recv() => frame,
+                _ = stopped(&mut shutdown) => return Ok(()),
+            };
+            // `None`: the peer closed the connection between frames.
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let (frame, _budget) = frame?;
+            if let Some(answer) = service.handle(frame, &client_host).await?
+                && answers.send(answer).await.is_err()
+            {
+                return Ok(()); // the writer stopped: its error ends the connection
+            }
+        }
+    };
+    // The writer stops at a write error (the peer is gone): stop reading then too.
+    let served: Result<(), KafkaError> = tokio::select! {
+        served = served => served,
+        written = &mut write_answers => return written.unwrap_or_else(panic_or_cancelled),
+    };
+    // Closed, stopping, or a frame that cannot be served: the answers to the requests
+    // handled so far are written first (their records are in the log either way).
+    drop(answers);
+    let written = write_answers.await.unwrap_or_else(panic_or_cancelled);
+    served.and(written)
+}
+
+/// The writer task's outcome when it did not return: its panic goes on; a cancelled one
+/// (the runtime shutting down) ends the connection quietly.
+fn panic_or_cancelled(e: tokio::task::JoinError) -> Result<(), KafkaError> {
+    match e.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(_) => Ok(()),
     }
 }
 
@@ -292,13 +340,13 @@ fn supported(api: ApiKey) -> Option<(i16, i16)> {
 }
 
 impl KafkaService {
-    /// Decodes one request frame, serves it, and returns the encoded response frame
-    /// (`None` for acks=0 produces, which get none).
+    /// Decodes one request frame, serves it, and returns the response frame (`None` for
+    /// acks=0 produces, which get none).
     async fn handle(
         &self,
         mut frame: Bytes,
         client_host: &str,
-    ) -> Result<Option<BytesMut>, KafkaError> {
+    ) -> Result<Option<Answer>, KafkaError> {
         if frame.len() < 8 {
             return Err(KafkaError::ShortFrame(frame.len()));
         }
@@ -312,7 +360,7 @@ impl KafkaService {
             return match unsupported_answer(api, version, correlation_id) {
                 Some(frame) => {
                     tracing::info!(?api, version, "refused a request for an API not served");
-                    Ok(Some(frame))
+                    Ok(Some(Answer::Ready(frame)))
                 }
                 None => Err(KafkaError::UnsupportedApi { api }),
             };
@@ -322,11 +370,11 @@ impl KafkaService {
                 tracing::info!(version, "ApiVersions at an unsupported version");
                 let response = api_versions::unsupported_version();
                 return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response))
-                    .map(Some);
+                    .map(|frame| Some(Answer::Ready(frame)));
             }
             if let Some(frame) = unsupported_answer(api, version, correlation_id) {
                 tracing::info!(?api, version, "refused a request at a version not served");
-                return Ok(Some(frame));
+                return Ok(Some(Answer::Ready(frame)));
             }
             return Err(KafkaError::UnsupportedVersion {
                 api,
@@ -340,75 +388,68 @@ impl KafkaService {
         let request =
             RequestKind::decode(api, &mut frame, version).map_err(decode_error(api, version))?;
         let response = match request {
-            RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions::handle())),
-            RequestKind::Metadata(r) => Some(ResponseKind::Metadata(self.metadata(r, version))),
-            RequestKind::Produce(r) => self.produce(r).await.map(ResponseKind::Produce),
-            RequestKind::Fetch(r) => Some(ResponseKind::Fetch(self.fetch(r).await)),
-            RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
-                self.list_offsets(r, version).await,
-            )),
-            RequestKind::InitProducerId(r) => {
-                Some(ResponseKind::InitProducerId(self.init_producer_id(r).await))
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
+            RequestKind::Produce(r) => {
+                let Some(answer) = self.produce(r).await else {
+                    return Ok(None);
+                };
+                let correlation_id = header.correlation_id;
+                return Ok(Some(Answer::Later(Box::pin(async move {
+                    let response = ResponseKind::Produce(answer.await);
+                    encode(api, version, correlation_id, &response)
+                }))));
             }
-            RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
-                self.find_coordinator(r, version),
-            )),
+            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r).await),
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(self.list_offsets(r, version).await)
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(self.init_producer_id(r).await)
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(r, version))
+            }
             RequestKind::JoinGroup(r) => {
                 let client_id = header.client_id.as_deref().unwrap_or_default();
                 let joined = self.join_group(r, version, client_id, client_host).await;
-                Some(ResponseKind::JoinGroup(joined))
+                ResponseKind::JoinGroup(joined)
             }
-            RequestKind::SyncGroup(r) => Some(ResponseKind::SyncGroup(self.sync_group(r).await)),
-            RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(self.heartbeat(r))),
-            RequestKind::LeaveGroup(r) => {
-                Some(ResponseKind::LeaveGroup(self.leave_group(r, version)))
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(self.sync_group(r).await),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, version)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r, version)),
+            RequestKind::ListGroups(r) => ResponseKind::ListGroups(self.list_groups(r)),
+            RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(self.describe_groups(r)),
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r))
             }
-            RequestKind::OffsetCommit(r) => {
-                Some(ResponseKind::OffsetCommit(self.offset_commit(r).await))
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(self.describe_cluster(r, version))
             }
-            RequestKind::OffsetFetch(r) => {
-                Some(ResponseKind::OffsetFetch(self.offset_fetch(r, version)))
+            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(self.create_topics(r).await),
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(self.delete_topics(r, version).await)
             }
-            RequestKind::ListGroups(r) => Some(ResponseKind::ListGroups(self.list_groups(r))),
-            RequestKind::DescribeGroups(r) => {
-                Some(ResponseKind::DescribeGroups(self.describe_groups(r)))
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(self.create_partitions(r).await)
             }
-            RequestKind::DeleteGroups(r) => {
-                Some(ResponseKind::DeleteGroups(self.delete_groups(r).await))
-            }
-            RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
-                self.offset_for_leader_epoch(r),
-            )),
-            RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
-                self.describe_cluster(r, version),
-            )),
-            RequestKind::CreateTopics(r) => {
-                Some(ResponseKind::CreateTopics(self.create_topics(r).await))
-            }
-            RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
-                self.delete_topics(r, version).await,
-            )),
-            RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
-                self.create_partitions(r).await,
-            )),
             RequestKind::DescribeConfigs(r) => {
-                Some(ResponseKind::DescribeConfigs(self.describe_configs(r)))
+                ResponseKind::DescribeConfigs(self.describe_configs(r))
             }
-            RequestKind::AlterConfigs(r) => {
-                Some(ResponseKind::AlterConfigs(self.alter_configs(r).await))
+            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(self.alter_configs(r).await),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r).await)
             }
-            RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
-                self.incremental_alter_configs(r).await,
-            )),
             RequestKind::DeleteRecords(r) => {
-                Some(ResponseKind::DeleteRecords(self.delete_records(r).await))
+                ResponseKind::DeleteRecords(self.delete_records(r).await)
             }
             _ => return Err(KafkaError::UnsupportedApi { api }),
         };
-        match response {
-            Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
-            None => Ok(None),
-        }
+        encode(api, version, header.correlation_id, &response)
+            .map(|frame| Some(Answer::Ready(frame)))
     }
 }
 
