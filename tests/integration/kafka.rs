@@ -892,7 +892,8 @@ fn pipelined_produces_are_appended_and_answered_in_request_order() {
     let mut stream = connect(&broker);
     // 24 requests written before any answer is read, as librdkafka pipelines them:
     // acks=all produces (whose answers wait for an fsync) and acks=1 ones, an
-    // ApiVersions (answered at once) every sixth, and a corrupt batch as the 14th.
+    // ApiVersions (answered at once) every sixth, a corrupt batch as the 14th, and an
+    // acks=0 produce (no answer at all) as the 20th.
     let batch = |i: i32| {
         let records: Vec<RecordInput> = (0..3)
             .map(|r| RecordInput::new(None, Some(format!("{i}-{r}").into()), 0))
@@ -902,6 +903,7 @@ fn pipelined_produces_are_appended_and_answered_in_request_order() {
     let kinds: Vec<&str> = (0..24)
         .map(|i| match i {
             13 => "corrupt",
+            19 => "acks0",
             i if i % 6 == 5 => "versions",
             i if i % 3 == 0 => "acks1",
             _ => "acksall",
@@ -919,20 +921,30 @@ fn pipelined_produces_are_appended_and_answered_in_request_order() {
                 let request = produce_request("pipe", -1, bad.into());
                 crate::kafka_admin::request_frame(i, 9, &request)
             }
-            "acks1" => {
-                crate::kafka_admin::request_frame(i, 9, &produce_request("pipe", 1, batch(i)))
+            produce => {
+                let acks = match produce {
+                    "acks0" => 0,
+                    "acks1" => 1,
+                    _ => -1,
+                };
+                crate::kafka_admin::request_frame(i, 9, &produce_request("pipe", acks, batch(i)))
             }
-            _ => crate::kafka_admin::request_frame(i, 9, &produce_request("pipe", -1, batch(i))),
         };
         frames.extend_from_slice(&frame);
     }
     stream.write_all(&frames).unwrap();
+    // Nothing more to send: the answers to what was sent still come, every one.
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut next_offset = 0;
     for (i, kind) in kinds.iter().enumerate() {
         if *kind == "versions" {
             let (id, answer) =
                 crate::kafka_admin::read_answer::<ApiVersionsRequest>(&mut stream, 3);
             assert_eq!((id, answer.error_code), (i as i32, 0));
+            continue;
+        }
+        if *kind == "acks0" {
+            next_offset += 3; // appended, not answered
             continue;
         }
         let (id, answer) = crate::kafka_admin::read_answer::<ProduceRequest>(&mut stream, 9);
@@ -958,10 +970,14 @@ fn pipelined_produces_are_appended_and_answered_in_request_order() {
     let expected: Vec<String> = kinds
         .iter()
         .enumerate()
-        .filter(|(_, kind)| matches!(**kind, "acks1" | "acksall"))
+        .filter(|(_, kind)| matches!(**kind, "acks0" | "acks1" | "acksall"))
         .flat_map(|(i, _)| (0..3).map(move |r| format!("{i}-{r}")))
         .collect();
     assert_eq!(values, expected);
+    // Every record written is counted, the unanswered acks=0 ones too.
+    let metrics = broker.http_get("/metrics");
+    let counted = format!("fjord_produce_records_total{{topic=\"pipe\"}} {next_offset}");
+    assert!(metrics.contains(&counted), "{counted} in {metrics}");
 }
 
 fn init_producer_id(stream: &mut TcpStream) -> (i64, i16) {

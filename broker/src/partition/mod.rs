@@ -66,11 +66,30 @@ struct FlushWanted {
     running: bool,
 }
 
+/// Clears the flusher's `running` and wakes the durable waiters if the flusher unwinds
+/// (a panic); disarmed (`None`) on its normal ways out, which clear `running` themselves.
+struct FlusherRunning<'a>(Option<&'a Partition>);
+
+impl Drop for FlusherRunning<'_> {
+    fn drop(&mut self) {
+        if let Some(partition) = self.0 {
+            partition
+                .flush_wanted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running = false;
+            partition.durable.send_modify(|_| {});
+        }
+    }
+}
+
 /// One partition. See the module docs.
 #[derive(Debug)]
 pub struct Partition {
     topic: String,
     id: u32,
+    /// The log's directory, for errors raised without taking the log's lock.
+    dir: std::path::PathBuf,
     log: Arc<RwLock<Log>>,
     commit: GroupCommit,
     durable: watch::Sender<Durable>,
@@ -94,6 +113,7 @@ impl Partition {
         Partition {
             topic: topic.to_owned(),
             id,
+            dir: log.dir().to_path_buf(),
             log: Arc::new(RwLock::new(log)),
             commit: GroupCommit::new(recovery_point),
             durable: watch::Sender::new(Durable {
@@ -142,8 +162,9 @@ impl Partition {
 
     /// Appends `batches` as the leader and waits as `acks` says. Blocking.
     pub fn append(&self, batches: &mut [u8], acks: Acks) -> Result<AppendInfo, StorageError> {
+        let policy = self.flush_policy();
         let info = self.append_locked(&mut self.log_mut(), batches)?;
-        self.after_append(info, acks)
+        self.after_append(info, acks, policy)
     }
 
     /// The append itself, under the log's write lock.
@@ -166,11 +187,20 @@ impl Partition {
         Ok(info)
     }
 
-    /// What follows an append: the flush.messages policy, and acks=all's wait.
-    fn after_append(&self, info: AppendInfo, acks: Acks) -> Result<AppendInfo, StorageError> {
+    fn flush_policy(&self) -> FlushPolicy {
+        *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What follows an append: the flush.messages policy (as read before the append), and
+    /// acks=all's wait.
+    fn after_append(
+        &self,
+        info: AppendInfo,
+        acks: Acks,
+        policy: FlushPolicy,
+    ) -> Result<AppendInfo, StorageError> {
         let records = info.last_offset - info.first_offset + 1;
         let unflushed = self.unflushed.fetch_add(records, Ordering::SeqCst) + records;
-        let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
         if acks == Acks::All || unflushed >= policy.flush_messages {
             self.wait_durable(info.last_offset + 1)?;
         }
@@ -208,13 +238,10 @@ impl Partition {
         // A small append that waits for no fsync (acks 0 or 1, no flush.messages policy) is
         // a page-cache write of microseconds: done here when the lock is free and no roll
         // (which fsyncs) is due, without the hop to a blocking thread and back.
-        let never_flushes = self
-            .flush_policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush_messages
-            == i64::MAX;
-        if never_flushes
+        // The policy read once: the append on this task must not turn into a blocking
+        // fsync because the policy changed meanwhile.
+        let policy = self.flush_policy();
+        if policy.flush_messages == i64::MAX
             && records.len() <= INLINE_APPEND_BYTES
             && let Ok(mut log) = self.log.try_write()
             && !log.would_roll(records.len() as u64)
@@ -222,7 +249,7 @@ impl Partition {
             let appended = self.append_locked(&mut log, &mut records);
             let log_start_offset = log.log_start_offset();
             drop(log);
-            let info = appended.and_then(|info| self.after_append(info, acks))?;
+            let info = appended.and_then(|info| self.after_append(info, acks, policy))?;
             return Ok(Produced {
                 info,
                 log_start_offset,
@@ -255,7 +282,9 @@ impl Partition {
         let produced = self.produce_appended(records, Acks::Leader).await?;
         let (partition, end) = (self.clone(), produced.info.last_offset + 1);
         // The fsync starts now, not when the caller gets round to waiting for it.
-        self.want_flush(end);
+        if self.durable.borrow().offset < end {
+            self.want_flush(end);
+        }
         let durable = Box::pin(async move { partition.durable(end).await });
         Ok((produced, Some(durable)))
     }
@@ -309,7 +338,7 @@ impl Partition {
             }
             if now.failed {
                 return Err(StorageError::LogOffline {
-                    dir: self.log().dir().to_path_buf(),
+                    dir: self.dir.clone(),
                 });
             }
             self.want_flush(offset);
@@ -333,23 +362,29 @@ impl Partition {
     }
 
     /// The background flusher: flushes until what was asked for is durable, or a flush
-    /// fails (the watch then says so), then stops. The target is read and `running`
-    /// cleared under one lock, so an offset asked for meanwhile is never left unflushed.
+    /// fails (the watch then says so) or moves nothing (an offset beyond the log's end
+    /// after a truncation), then stops. The target is read and `running` cleared under one
+    /// lock, so an offset asked for meanwhile is never left unflushed; a panic clears it
+    /// too and wakes the waiters, so the next one starts a new flusher.
     fn run_flusher(&self) {
+        let mut running = FlusherRunning(Some(self));
+        let mut durable = self.commit.durable_offset();
         loop {
             let target = {
                 let mut wanted = self.flush_wanted.lock().unwrap_or_else(|p| p.into_inner());
-                if wanted.target <= self.commit.durable_offset() {
+                if wanted.target <= durable {
                     wanted.running = false;
+                    running.0 = None;
                     return;
                 }
                 wanted.target
             };
-            if self.wait_durable(target).is_err() {
-                self.flush_wanted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .running = false;
+            let flushed = self.wait_durable(target);
+            let before = std::mem::replace(&mut durable, self.commit.durable_offset());
+            if flushed.is_err() || durable <= before {
+                let mut wanted = self.flush_wanted.lock().unwrap_or_else(|p| p.into_inner());
+                wanted.running = false;
+                running.0 = None;
                 return;
             }
         }
@@ -357,7 +392,7 @@ impl Partition {
 
     /// The flush.ms policy: fsync if the last one is older than `flush.ms`. Blocking.
     pub fn flush_if_due(&self) -> Result<(), StorageError> {
-        let policy = *self.flush_policy.lock().unwrap_or_else(|p| p.into_inner());
+        let policy = self.flush_policy();
         let since = self
             .last_flush
             .lock()
@@ -519,9 +554,10 @@ mod tests {
         }
         assert_eq!(p.log().recovery_point(), 32);
         // Already durable: no flush.
-        let flushes = p.commit.flushes();
+        // (The log counts a flush before the watch moves, so the count is settled.)
+        let flushes = p.log().flushes();
         p.durable(32).await.unwrap();
-        assert_eq!(p.commit.flushes(), flushes);
+        assert_eq!(p.log().flushes(), flushes);
         // Appended, then the log goes away before its fsync: the waiter gets an error,
         // it does not wait forever.
         let appended = p.produce(batch(2), Acks::Leader).await.unwrap();

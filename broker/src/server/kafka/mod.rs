@@ -6,6 +6,12 @@
 //!   Kafka, which handles a connection's requests in order), and responses go out in
 //!   request order. A produce's answer can wait for its fsync (acks=all) while the next
 //!   requests are handled: a writer task writes the answers in order, each when ready.
+//!   Unlike Kafka, which reads a connection's next request only once the answer is sent,
+//!   a later request may so take effect before an earlier acks=all produce is answered:
+//!   a fetch on the same connection may return its records first (they are appended; as
+//!   in Kafka the high watermark does not wait for fsync), and a DeleteTopics right
+//!   behind it may retire the log before its fsync, which is then answered
+//!   KAFKA_STORAGE_ERROR.
 //! - One handler file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
 //!   [`list_offsets`], [`offset_for_leader_epoch`], [`describe_cluster`], the admin APIs
 //!   ([`create_topics`], [`delete_topics`], [`create_partitions`], [`describe_configs`],
@@ -169,6 +175,10 @@ type ReadFrame = (Bytes, OwnedSemaphorePermit);
 /// their fsync, and the answers behind them) before it handles no more requests.
 const PENDING_ANSWERS: usize = 32;
 
+/// How many bytes of encoded answers a connection may hold unwritten (a client that
+/// pipelines fetches and does not read); a larger answer takes the whole budget.
+const PENDING_ANSWER_BYTES: usize = 64 << 20;
+
 /// A request's answer: encoded, or still to come (a produce waiting for its fsync).
 enum Answer {
     Ready(BytesMut),
@@ -208,9 +218,11 @@ async fn connection(
             }
         }
     }));
-    let (answers, mut queued) = mpsc::channel::<Answer>(PENDING_ANSWERS);
-    let mut write_answers = tokio::spawn(async move {
-        while let Some(answer) = queued.recv().await {
+    let (answers, mut queued) = mpsc::channel::<(Answer, OwnedSemaphorePermit)>(PENDING_ANSWERS);
+    let answer_bytes = Arc::new(Semaphore::new(PENDING_ANSWER_BYTES));
+    // Aborted if this future is dropped; awaited (and so finished) on every way out below.
+    let mut write_answers = AbortOnDrop(tokio::spawn(async move {
+        while let Some((answer, _bytes)) = queued.recv().await {
             let frame = match answer {
                 Answer::Ready(frame) => frame,
                 Answer::Later(frame) => frame.await?,
@@ -218,7 +230,7 @@ async fn connection(
             writer.write_all(&frame).await?;
         }
         Ok::<(), KafkaError>(())
-    });
+    }));
     let served = async {
         loop {
             let frame = tokio::select! {
@@ -230,9 +242,20 @@ async fn connection(
                 return Ok(());
             };
             let (frame, _budget) = frame?;
-            if let Some(answer) = service.handle(frame, &client_host).await?
-                && answers.send(answer).await.is_err()
-            {
+            let Some(answer) = service.handle(frame, &client_host).await? else {
+                continue;
+            };
+            // A ready answer (a fetch's may be 64 MiB) holds its size of the budget until it
+            // is written; one still to come (a produce's) is small.
+            let size = match &answer {
+                Answer::Ready(frame) => frame.len(),
+                Answer::Later(_) => 1,
+            };
+            let share = size.clamp(1, PENDING_ANSWER_BYTES) as u32;
+            let Ok(bytes) = answer_bytes.clone().acquire_many_owned(share).await else {
+                return Ok(()); // never closed
+            };
+            if answers.send((answer, bytes)).await.is_err() {
                 return Ok(()); // the writer stopped: its error ends the connection
             }
         }
@@ -240,12 +263,14 @@ async fn connection(
     // The writer stops at a write error (the peer is gone): stop reading then too.
     let served: Result<(), KafkaError> = tokio::select! {
         served = served => served,
-        written = &mut write_answers => return written.unwrap_or_else(panic_or_cancelled),
+        written = &mut write_answers.0 => return written.unwrap_or_else(panic_or_cancelled),
     };
     // Closed, stopping, or a frame that cannot be served: the answers to the requests
     // handled so far are written first (their records are in the log either way).
     drop(answers);
-    let written = write_answers.await.unwrap_or_else(panic_or_cancelled);
+    let written = (&mut write_answers.0)
+        .await
+        .unwrap_or_else(panic_or_cancelled);
     served.and(written)
 }
 
@@ -258,10 +283,10 @@ fn panic_or_cancelled(e: tokio::task::JoinError) -> Result<(), KafkaError> {
     }
 }
 
-/// Aborts the task when dropped (the reader of a connection that is being closed).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts the task when dropped (the reader or writer of a connection being closed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

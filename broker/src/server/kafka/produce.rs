@@ -119,10 +119,16 @@ impl KafkaService {
             }
             appended.push((name, topic, done));
         }
+        let metrics = self.metrics.clone();
         if acks == Some(Acks::None) {
+            // No answer, and nothing to wait for: counted now.
+            for (_, topic, partitions) in &appended {
+                for (bytes, records) in partitions.iter().filter_map(|p| p.produced) {
+                    metrics.produced(topic, bytes, records);
+                }
+            }
             return None;
         }
-        let metrics = self.metrics.clone();
         Some(Box::pin(async move {
             let mut response = ProduceResponse::default();
             for (name, topic_name, partitions) in appended {
