@@ -575,4 +575,28 @@ mod tests {
         // And a later waiter learns it at once.
         assert!(p.durable(34).await.is_err());
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flusher_that_panics_lets_the_next_waiter_start_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        let appended = p.produce(batch(2), Acks::Leader).await.unwrap();
+        let end = appended.info.last_offset + 1;
+        // A flusher that unwinds while it runs (what its guard does when a flush panics).
+        p.flush_wanted.lock().unwrap().running = true;
+        let woken = p.durable.subscribe();
+        let unwound = std::panic::catch_unwind(|| {
+            let _running = FlusherRunning(Some(&p));
+            panic!("disk on fire");
+        });
+        assert!(unwound.is_err());
+        assert!(!p.flush_wanted.lock().unwrap().running);
+        assert!(woken.has_changed().unwrap(), "the waiters are woken");
+        // The next waiter starts a new flusher, which makes the records durable.
+        tokio::time::timeout(Duration::from_secs(30), p.durable(end))
+            .await
+            .expect("not stuck behind the dead flusher")
+            .unwrap();
+        assert!(p.log().recovery_point() >= end);
+    }
 }

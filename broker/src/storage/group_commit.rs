@@ -78,12 +78,13 @@ impl GroupCommit {
         // Even if `flush` panics, the next waiter must be able to take over.
         let guard = FlushingGuard(self);
         let result = flush();
-        drop(guard);
+        // Published before `flushing` is cleared: a waiter woken then sees the new durable
+        // offset and does not start a flush of nothing.
         if let Ok(durable) = result {
             let mut state = self.lock();
             state.durable_offset = state.durable_offset.max(durable);
         }
-        self.flushed.notify_all();
+        drop(guard);
         result.map(|_| ())
     }
 
