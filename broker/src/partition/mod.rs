@@ -50,14 +50,6 @@ pub struct FlushPolicy {
 /// blocking thread (when it waits for no fsync).
 pub const INLINE_APPEND_BYTES: usize = 256 * 1024;
 
-/// What an acks=all produce waits on: the offset below which the log is fsync'd, moved by
-/// every flush, and whether a flush failed (the log is then offline for good).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Durable {
-    offset: i64,
-    failed: bool,
-}
-
 /// The background flush that [`Partition::durable`] starts: the highest offset asked to be
 /// made durable, and whether a blocking thread is flushing towards it.
 #[derive(Debug, Default)]
@@ -78,7 +70,7 @@ impl Drop for FlusherRunning<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .running = false;
-            partition.durable.send_modify(|_| {});
+            partition.commit.wake();
         }
     }
 }
@@ -92,7 +84,6 @@ pub struct Partition {
     dir: std::path::PathBuf,
     log: Arc<RwLock<Log>>,
     commit: GroupCommit,
-    durable: watch::Sender<Durable>,
     flush_wanted: Mutex<FlushWanted>,
     high_watermark: watch::Sender<i64>,
     flush_policy: Mutex<FlushPolicy>,
@@ -116,10 +107,6 @@ impl Partition {
             dir: log.dir().to_path_buf(),
             log: Arc::new(RwLock::new(log)),
             commit: GroupCommit::new(recovery_point),
-            durable: watch::Sender::new(Durable {
-                offset: recovery_point,
-                failed: false,
-            }),
             flush_wanted: Mutex::new(FlushWanted::default()),
             high_watermark: watch::Sender::new(hw),
             flush_policy: Mutex::new(flush_policy),
@@ -282,7 +269,7 @@ impl Partition {
         let produced = self.produce_appended(records, Acks::Leader).await?;
         let (partition, end) = (self.clone(), produced.info.last_offset + 1);
         // The fsync starts now, not when the caller gets round to waiting for it.
-        if self.durable.borrow().offset < end {
+        if self.commit.durable_offset() < end {
             self.want_flush(end);
         }
         let durable = Box::pin(async move { partition.durable(end).await });
@@ -307,30 +294,19 @@ impl Partition {
     /// code waits with [`durable`](Self::durable) instead.
     pub fn wait_durable(&self, offset: i64) -> Result<(), StorageError> {
         self.commit.wait_durable(offset, || {
-            let flushed = Log::flush_shared(&self.log);
-            let Ok(durable) = flushed else {
-                // A failed flush takes the log offline (the error is logged): no waiter
-                // on the watch is going to see its offset durable.
-                self.durable.send_modify(|d| d.failed = true);
-                return flushed;
-            };
+            let durable = Log::flush_shared(&self.log)?;
             self.unflushed.store(0, Ordering::SeqCst);
             *self.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            self.durable.send_if_modified(|d| {
-                let moved = durable > d.offset;
-                d.offset = d.offset.max(durable);
-                moved
-            });
             Ok(durable)
         })
     }
 
     /// Returns once every offset below `offset` is fsync'd, without holding a thread: it
-    /// waits on the durable-offset watch that every flush moves, and asks the background
-    /// flusher for `offset` (one blocking thread a partition at most, which group-commits
-    /// what everyone asked for meanwhile).
+    /// waits on the group commit's durable-offset watch, which every flush moves, and asks
+    /// the background flusher for `offset` (one blocking thread a partition at most, which
+    /// group-commits what everyone asked for meanwhile).
     pub async fn durable(self: &Arc<Self>, offset: i64) -> Result<(), StorageError> {
-        let mut durable = self.durable.subscribe();
+        let mut durable = self.commit.subscribe();
         loop {
             let now = *durable.borrow_and_update();
             if now.offset >= offset {
@@ -342,7 +318,7 @@ impl Partition {
                 });
             }
             self.want_flush(offset);
-            // The sender lives as long as `self`, which this borrows.
+            // The sender lives as long as `self.commit`, which this borrows.
             let _ = durable.changed().await;
         }
     }
@@ -584,7 +560,7 @@ mod tests {
         let end = appended.info.last_offset + 1;
         // A flusher that unwinds while it runs (what its guard does when a flush panics).
         p.flush_wanted.lock().unwrap().running = true;
-        let woken = p.durable.subscribe();
+        let woken = p.commit.subscribe();
         let unwound = std::panic::catch_unwind(|| {
             let _running = FlusherRunning(Some(&p));
             panic!("disk on fire");

@@ -7,17 +7,30 @@
 //! everyone who arrived meanwhile) without holding the lock, publishes the new durable
 //! offset and wakes the others. So N concurrent appends cost about two fsyncs, not N.
 //!
+//! The durable offset is published on a `watch` ([`GroupCommit::subscribe`]), with
+//! whether a flush failed, so async code can wait for it without a thread: it is written
+//! only under the state's lock, and read there by the blocking waiters.
+//!
 //! Threading: `Sync`; blocking (std) waits. The broker calls it from a blocking task.
 
 use std::sync::{Condvar, Mutex};
+
+use tokio::sync::watch;
 
 use super::Result;
 
 #[derive(Debug)]
 struct State {
-    durable_offset: i64,
     flushing: bool,
     flushes: u64,
+}
+
+/// What [`GroupCommit::subscribe`] watches: the offset below which everything is durable,
+/// and whether a flush has failed (a failed flush takes the log offline for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    pub offset: i64,
+    pub failed: bool,
 }
 
 /// See the module docs.
@@ -25,6 +38,7 @@ struct State {
 pub struct GroupCommit {
     state: Mutex<State>,
     flushed: Condvar,
+    durable: watch::Sender<Durable>,
 }
 
 impl GroupCommit {
@@ -32,16 +46,29 @@ impl GroupCommit {
     pub fn new(durable_offset: i64) -> Self {
         GroupCommit {
             state: Mutex::new(State {
-                durable_offset,
                 flushing: false,
                 flushes: 0,
             }),
             flushed: Condvar::new(),
+            durable: watch::Sender::new(Durable {
+                offset: durable_offset,
+                failed: false,
+            }),
         }
     }
 
     pub fn durable_offset(&self) -> i64 {
-        self.lock().durable_offset
+        self.durable.borrow().offset
+    }
+
+    /// The durable offset and every change of it.
+    pub fn subscribe(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// Wakes the subscribers without changing anything (they look again).
+    pub fn wake(&self) {
+        self.durable.send_modify(|_| {});
     }
 
     /// How many flushes have run (for tests and metrics).
@@ -62,7 +89,7 @@ impl GroupCommit {
     pub fn wait_durable(&self, offset: i64, flush: impl FnOnce() -> Result<i64>) -> Result<()> {
         let mut state = self.lock();
         loop {
-            if state.durable_offset >= offset {
+            if self.durable_offset() >= offset {
                 return Ok(());
             }
             if !state.flushing {
@@ -80,9 +107,19 @@ impl GroupCommit {
         let result = flush();
         // Published before `flushing` is cleared: a waiter woken then sees the new durable
         // offset and does not start a flush of nothing.
-        if let Ok(durable) = result {
-            let mut state = self.lock();
-            state.durable_offset = state.durable_offset.max(durable);
+        {
+            let _state = self.lock();
+            match result {
+                Ok(durable) => self.durable.send_if_modified(|d| {
+                    let moved = durable > d.offset;
+                    d.offset = d.offset.max(durable);
+                    moved
+                }),
+                // Nobody waiting for the watch is going to see its offset durable.
+                Err(_) => self
+                    .durable
+                    .send_if_modified(|d| !std::mem::replace(&mut d.failed, true)),
+            };
         }
         drop(guard);
         result.map(|_| ())
@@ -92,8 +129,12 @@ impl GroupCommit {
     /// closures must return the offset the log actually published (the log's recovery
     /// point), which a truncation during the flush keeps from moving.
     pub fn truncate(&self, offset: i64) {
-        let mut state = self.lock();
-        state.durable_offset = state.durable_offset.min(offset);
+        let _state = self.lock();
+        self.durable.send_if_modified(|d| {
+            let lowered = offset < d.offset;
+            d.offset = d.offset.min(offset);
+            lowered
+        });
     }
 }
 
@@ -136,5 +177,6 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(commit.durable_offset(), 0);
+        assert!(commit.subscribe().borrow().failed, "the watch says so");
     }
 }
