@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fjord_protocol::http2::{CONNECTION_WINDOW_BYTES, FRAME_BYTES_MAX, STREAM_WINDOW_BYTES};
 use fjord_protocol::v1::fjord_client::FjordClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -56,7 +57,10 @@ pub async fn connect_channel(addr: &str) -> Result<Channel> {
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_INTERVAL)
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(FRAME_BYTES_MAX);
     endpoint.connect().await.map_err(|e| ClientError::Connect {
         addr: addr.to_string(),
         reason: connect_reason(&e),

@@ -22,6 +22,24 @@ pub mod produce_parts;
 pub mod records;
 pub mod topic;
 
+/// HTTP/2 settings of the gRPC connections, the same on both ends (they bound what each
+/// end buffers of the other's data).
+///
+/// hyper's defaults (16 KiB frames, 1 MiB windows at the server) cut a 1 MiB fetch
+/// answer into 64 frames, each waking the reading task once: replaying a topic cost the
+/// consumer twice the CPU, and the produce stream's five 1 MiB requests in flight waited
+/// on the server's 1 MiB window.
+pub mod http2 {
+    /// The most a DATA frame carries (the largest a peer may send us).
+    pub const FRAME_BYTES_MAX: u32 = 1024 * 1024;
+    /// The flow-control window of one stream: a produce stream's requests in flight, or
+    /// a fetch answer, fit whole.
+    pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+    /// The flow-control window of a connection: the most of the peer's data it holds
+    /// unread, across its streams.
+    pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+}
+
 /// The native gRPC API, package `fjord.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_protocol::http2;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -200,6 +201,9 @@ impl Broker {
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
+                .max_frame_size(http2::FRAME_BYTES_MAX)
                 .add_service(
                     fjord_protocol::v1::fjord_server::FjordServer::new(service)
                         .max_decoding_message_size(grpc::REQUEST_BYTES_MAX)
