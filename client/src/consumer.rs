@@ -2,13 +2,17 @@
 //! `group_id` and [`Consumer::subscribe`], the partitions its consumer group assigns it
 //! (see [`crate::group`]), from the group's committed offsets.
 //!
-//! Every assigned partition with a position has at most one fetch (a long poll of
-//! `max_wait_ms`) in flight; fetches stay in flight across [`Consumer::poll`] calls, so a
-//! partition with data is never held back by idle ones, and `poll` starts the next fetch
-//! of each partition before it returns its records (the network works while the caller
-//! does). A seek bumps the partition's *epoch*, which voids the answer of a fetch already
-//! in flight. Retriable errors are retried with a backoff (up to [`FETCH_RETRIES`] in a
-//! row) before `poll` reports them.
+//! Every assigned partition with a position reads through one `Subscribe` stream from the
+//! broker: the broker sends batch after batch without waiting to be asked, bounded by
+//! HTTP/2 flow control (the stream's window), so it reads and sends the next answers
+//! while the caller works through these. A request and its answer per `max_bytes` (the
+//! `Fetch` RPC) left the broker and the consumer each idle while the other worked, and
+//! replay ran at half the speed. At the end of the partition the broker sends an empty
+//! answer with the high watermark. `poll` takes at most one answer per partition, so
+//! what it returns is bounded by `max_bytes` per partition. A seek bumps the partition's
+//! *epoch* and drops its stream: the answer of a read already in flight is void. A
+//! stream that fails with a retriable error is opened again after a backoff (up to
+//! [`FETCH_RETRIES`] failures in a row) before `poll` reports the error.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -16,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fjord_protocol::{BatchIter, decode_batch, v1};
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{AbortHandle, BoxFuture, abortable};
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use tokio::time::Instant;
 
@@ -51,7 +55,7 @@ pub enum AutoOffsetReset {
 pub struct ConsumerConfig {
     /// The most bytes one fetch returns (at least one whole batch is always returned).
     pub max_bytes: u32,
-    /// How long a fetch waits at the broker for data before it returns empty.
+    /// How long [`Consumer::poll`] waits for records before it returns empty.
     pub max_wait_ms: u32,
     /// The consumer group to join on [`Consumer::subscribe`] (Kafka's `group.id`).
     pub group_id: Option<String>,
@@ -103,16 +107,42 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+/// A partition's open `Subscribe` stream.
+type ReadStream = tonic::Streaming<v1::FetchResponse>;
+
 #[derive(Debug, Default)]
 struct PartitionState {
     /// The next offset to read; `None` until a seek or the first poll (then: the end).
     position: Option<i64>,
     epoch: u64,
-    in_flight: bool,
+    /// The read in flight (waiting for the stream's next answer, or opening it): aborted
+    /// when the position moves or the partition goes, which drops its stream.
+    in_flight: Option<ReadInFlight>,
+    /// The open stream, between reads: it answers from `position` on.
+    stream: Option<ReadStream>,
     /// Retriable failures in a row.
     failures: u32,
-    /// The high watermark the last fetch saw.
+    /// The high watermark of the last answer.
     high_watermark: Option<i64>,
+}
+
+impl PartitionState {
+    /// Voids the read in flight and closes the stream: the next read starts afresh.
+    fn reset_reads(&mut self) {
+        self.in_flight = None;
+        self.stream = None;
+    }
+}
+
+/// A read in flight, aborted when this is dropped (with its partition's state, or on a
+/// seek): its stream goes with it, and the broker stops reading ahead for it.
+#[derive(Debug)]
+struct ReadInFlight(AbortHandle);
+
+impl Drop for ReadInFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct FetchDone {
@@ -120,6 +150,8 @@ struct FetchDone {
     epoch: u64,
     offset: i64,
     result: Result<v1::FetchResponse>,
+    /// The stream the answer came from, to read the next one (`None` after an error).
+    stream: Option<ReadStream>,
 }
 
 /// Reads the partitions assigned to it. Not a group member: the caller chooses what to
@@ -129,7 +161,8 @@ pub struct Consumer {
     admin: Admin,
     config: ConsumerConfig,
     assigned: BTreeMap<TopicPartition, PartitionState>,
-    fetches: FuturesUnordered<BoxFuture<'static, FetchDone>>,
+    /// The reads in flight; an aborted one yields `None`.
+    fetches: FuturesUnordered<BoxFuture<'static, Option<FetchDone>>>,
     /// An error met while other partitions returned records; reported by the next poll.
     pending_error: Option<ClientError>,
     /// Gives every partition state a fresh epoch (a stale fetch never matches).
@@ -413,7 +446,7 @@ impl Consumer {
         Ok(())
     }
 
-    /// Removes a partition from the assignment (a fetch in flight for it is ignored).
+    /// Removes a partition from the assignment (its stream is closed).
     pub fn unassign(&mut self, topic: &str, partition: u32) {
         self.assigned.remove(&TopicPartition::new(topic, partition));
     }
@@ -450,7 +483,7 @@ impl Consumer {
         self.epochs += 1;
         state.position = Some(offset);
         state.epoch = self.epochs;
-        state.in_flight = false;
+        state.reset_reads();
         state.failures = 0;
         Ok(())
     }
@@ -541,15 +574,19 @@ impl Consumer {
             let next = tokio::time::timeout_at(deadline, self.fetches.next());
             let done = tokio::select! {
                 done = next => match done {
-                    Ok(Some(done)) => done,
+                    Ok(Some(Some(done))) => done,
+                    Ok(Some(None)) => continue, // a read voided by a seek
                     Ok(None) | Err(_) => return Ok(out),
                 },
                 _ = &mut group_news => return Ok(out),
             };
+            // The answers already here, at most one per partition (a partition's next
+            // read starts below): what a poll returns is bounded.
             let mut result = self.complete(done, &mut out);
             while result.is_ok() {
                 match self.fetches.next().now_or_never() {
-                    Some(Some(done)) => result = self.complete(done, &mut out),
+                    Some(Some(Some(done))) => result = self.complete(done, &mut out),
+                    Some(Some(None)) => {}
                     _ => break,
                 }
             }
@@ -560,8 +597,8 @@ impl Consumer {
                 self.pending_error = Some(e);
             }
             if !out.is_empty() {
-                // Prefetch: the next fetch of each partition is on its way while the
-                // caller works through these records.
+                // The next reads wait on their streams, which the broker keeps filling
+                // while the caller works through these records.
                 self.start_fetches();
                 return Ok(out);
             }
@@ -627,32 +664,28 @@ impl Consumer {
         }
     }
 
-    /// Takes in a finished fetch: its records go to `out` and the position moves.
+    /// Takes in a finished read: its records go to `out` and the position moves.
     fn complete(&mut self, done: FetchDone, out: &mut Vec<ConsumerRecord>) -> Result<()> {
         let Some(state) = self.assigned.get_mut(&done.tp) else {
             return Ok(()); // unassigned since
         };
-        if state.epoch != done.epoch || state.position != Some(done.offset) {
-            return Ok(()); // sought since
+        if state.epoch != done.epoch {
+            return Ok(()); // sought since: that reset the reads
         }
-        state.in_flight = false;
+        state.in_flight = None;
+        if state.position != Some(done.offset) {
+            // Not where this partition reads from: the stream starts again from there.
+            state.reset_reads();
+            return Ok(());
+        }
+        // The stream reads on from where this answer ends (gone after an error).
+        state.stream = done.stream;
         match done.result {
             Ok(response) => {
                 state.failures = 0;
                 state.high_watermark = Some(response.high_watermark);
-                // The next fetch goes now, from where the broker says, while these records
-                // are decoded: the broker and the network work meanwhile.
                 let next = response.next_offset.max(done.offset);
                 state.position = Some(next);
-                if !response.records.is_empty() {
-                    start_fetch(
-                        &mut self.fetches,
-                        &self.client,
-                        &self.config,
-                        &done.tp,
-                        state,
-                    );
-                }
                 let before = out.len();
                 let decoded = decode_into(&done.tp, &response.records, done.offset, out);
                 let last = out[before..].last().map_or(done.offset, |r| r.offset + 1);
@@ -661,12 +694,11 @@ impl Consumer {
                 }
                 // A bad batch (the records before it were handed out: move past them, so
                 // they are not delivered again, and report the error), or records past
-                // the broker's next offset: the fetch just started is from the wrong
-                // place, so its answer is dropped (a new epoch) and the next one starts
-                // from here.
+                // the broker's next offset: the stream reads from the wrong place, so it
+                // is dropped (a new epoch) and the next one starts from here.
                 self.epochs += 1;
                 state.epoch = self.epochs;
-                state.in_flight = false;
+                state.reset_reads();
                 state.position = Some(last);
                 decoded
             }
@@ -688,7 +720,7 @@ impl Consumer {
             }
             Err(e) if e.is_retriable() && state.failures < FETCH_RETRIES => {
                 tracing::debug!(topic = %done.tp.topic, partition = done.tp.partition,
-                    error = %e, "retrying fetch");
+                    error = %e, "retrying read");
                 state.failures += 1;
                 Ok(())
             }
@@ -700,10 +732,11 @@ impl Consumer {
     }
 }
 
-/// Starts `tp`'s next fetch, from its position, unless one is in flight (or it has no
-/// position yet).
+/// Starts `tp`'s next read, from its position, unless one is in flight (or it has no
+/// position yet): the next answer of its stream, opened first if it has none (after a
+/// backoff if the last read failed).
 fn start_fetch(
-    fetches: &mut FuturesUnordered<BoxFuture<'static, FetchDone>>,
+    fetches: &mut FuturesUnordered<BoxFuture<'static, Option<FetchDone>>>,
     client: &GrpcClient,
     config: &ConsumerConfig,
     tp: &TopicPartition,
@@ -712,38 +745,53 @@ fn start_fetch(
     let Some(offset) = state.position else {
         return;
     };
-    if state.in_flight {
+    if state.in_flight.is_some() {
         return;
     }
-    state.in_flight = true;
     let delay = (state.failures > 0).then_some(FETCH_BACKOFF);
-    let request = v1::FetchRequest {
+    let stream = state.stream.take();
+    let request = v1::SubscribeRequest {
         topic: tp.topic.clone(),
         partition: tp.partition,
         offset,
         max_bytes: config.max_bytes,
-        max_wait_ms: config.max_wait_ms,
-        min_bytes: 1,
     };
     let mut client = client.clone();
     let tp = tp.clone();
     let epoch = state.epoch;
-    fetches.push(Box::pin(async move {
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        let result = client
-            .fetch(request)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status(s, Some(offset)));
-        FetchDone {
+    let (read, handle) = abortable(async move {
+        let done = |result, stream| FetchDone {
             tp,
             epoch,
             offset,
             result,
+            stream,
+        };
+        let mut stream = match stream {
+            Some(stream) => stream,
+            None => {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                match client.subscribe(request).await {
+                    Ok(response) => response.into_inner(),
+                    Err(s) => return done(Err(ClientError::from_status(s, Some(offset))), None),
+                }
+            }
+        };
+        match stream.message().await {
+            Ok(Some(response)) => done(Ok(response), Some(stream)),
+            Ok(None) => done(
+                Err(ClientError::Unavailable(
+                    "the broker ended the partition's stream".into(),
+                )),
+                None,
+            ),
+            Err(s) => done(Err(ClientError::from_status(s, Some(offset))), None),
         }
-    }));
+    });
+    state.in_flight = Some(ReadInFlight(handle));
+    fetches.push(Box::pin(read.map(Result::ok)));
 }
 
 /// Decodes the records at or after `from` of whole batches `bytes`.

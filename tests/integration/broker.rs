@@ -212,6 +212,11 @@ async fn the_subscribe_stream_tails_new_records() {
         .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.next_offset, 1);
+    assert!(!first.records.is_empty());
+    // Caught up: an answer without records says so, with the high watermark.
+    let at_end = stream.message().await.unwrap().unwrap();
+    assert!(at_end.records.is_empty(), "{at_end:?}");
+    assert_eq!((at_end.next_offset, at_end.high_watermark), (1, 1));
     produce(
         &mut client,
         "tail",
@@ -226,6 +231,11 @@ async fn the_subscribe_stream_tails_new_records() {
         .unwrap()
         .unwrap();
     assert_eq!(second.next_offset, 2);
+    assert_eq!(second.high_watermark, 2);
+    assert!(!second.records.is_empty());
+    let at_end = stream.message().await.unwrap().unwrap();
+    assert!(at_end.records.is_empty(), "{at_end:?}");
+    assert_eq!((at_end.next_offset, at_end.high_watermark), (2, 2));
     // A subscription does not hold up a graceful shutdown: it ends, the broker exits 0.
     let mut broker = broker;
     assert!(broker.stop());
@@ -1132,4 +1142,83 @@ async fn a_consumer_stops_at_a_batch_damaged_on_disk_and_delivers_nothing_twice(
     }
     assert_eq!(delivered, values(0));
     assert_eq!(consumer.position("d", 0), Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_by_stream_one_answer_per_poll_and_a_seek_starts_over() {
+    use fjord::client::{Consumer, ConsumerConfig, Seek};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "s", 1, &[]).await;
+    create_topic(&mut client, "empty", 1, &[]).await;
+    // 8 batches of 20 records of 10 KiB: one batch (200 KiB) per answer of 300 KiB.
+    let value = "v".repeat(10 * 1024);
+    let mut bytes = 0;
+    for _ in 0..8 {
+        let records: Vec<(Option<&str>, &str)> = (0..20).map(|_| (None, value.as_str())).collect();
+        let records = batch(&records);
+        bytes += records.len();
+        produce(&mut client, "s", 0, records, Acks::Leader).await;
+    }
+    let config = ConsumerConfig {
+        max_bytes: 300 * 1024,
+        max_wait_ms: 100,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    consumer.assign("s", &[0]).await.unwrap();
+    consumer.assign("empty", &[0]).await.unwrap();
+    consumer.seek("s", 0, Seek::Beginning).await.unwrap();
+    consumer.seek("empty", 0, Seek::Beginning).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The first poll opens the stream; then the broker reads every batch and sends them
+    // ahead (its fetch metric counts what it read) while this consumer takes none.
+    let first = consumer.poll().await.unwrap();
+    assert!(
+        first.len() <= 20,
+        "{} records in the first poll",
+        first.len()
+    );
+    let mut offsets: Vec<i64> = first.iter().map(|r| r.offset).collect();
+    let all_read = format!("fjord_fetch_bytes_total{{topic=\"s\"}} {bytes}\n");
+    while !broker.http_get("/metrics").contains(&all_read) {
+        assert!(Instant::now() < deadline, "{}", broker.http_get("/metrics"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Answers are waiting, but a poll takes one (one batch here) per partition.
+    while offsets.len() < 160 || consumer.high_watermark("empty", 0).is_none() {
+        assert!(Instant::now() < deadline, "{} records", offsets.len());
+        let records = consumer.poll().await.unwrap();
+        assert!(records.len() <= 20, "{} records in one poll", records.len());
+        assert!(records.iter().all(|r| r.topic == "s"));
+        offsets.extend(records.iter().map(|r| r.offset));
+    }
+    assert_eq!(offsets, (0..160).collect::<Vec<i64>>());
+    // At the end: the stream's empty answer brings the high watermark, also of a
+    // partition that never had a record.
+    while consumer.high_watermark("s", 0) != Some(160) {
+        assert!(Instant::now() < deadline);
+        assert!(consumer.poll().await.unwrap().is_empty());
+    }
+    assert_eq!(consumer.high_watermark("empty", 0), Some(0));
+    assert_eq!(consumer.position("s", 0), Some(160));
+    // A seek drops the stream waiting at the end: the records come again from there.
+    consumer.seek("s", 0, Seek::Offset(150)).await.unwrap();
+    let mut again = Vec::new();
+    while again.len() < 10 {
+        assert!(Instant::now() < deadline, "{again:?}");
+        again.extend(consumer.poll().await.unwrap().iter().map(|r| r.offset));
+    }
+    assert_eq!(again, (150..160).collect::<Vec<i64>>());
+    // New records reach the tailing stream.
+    produce(&mut client, "s", 0, batch(&[(None, "last")]), Acks::Leader).await;
+    let mut last = Vec::new();
+    while last.is_empty() {
+        assert!(Instant::now() < deadline);
+        last = consumer.poll().await.unwrap();
+    }
+    assert_eq!(last.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![160]);
 }

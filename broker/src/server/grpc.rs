@@ -241,6 +241,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(e.to_string()))?
 }
 
+/// How long a `Subscribe` stream at the end of its partition waits for appends before it
+/// sends another empty answer (a keepalive that carries the high watermark).
+const SUBSCRIBE_IDLE_WAIT: Duration = Duration::from_secs(30);
+
 /// The largest gRPC request (Kafka's `socket.request.max.bytes` default).
 pub const REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
 
@@ -532,24 +536,16 @@ impl Fjord for FjordService {
                         return;
                     }
                 };
-                if result.records.is_empty() {
-                    if partition.is_deleted() {
-                        let gone = Status::not_found(format!("topic {topic} was deleted"));
-                        let _ = tx.send(Err(gone)).await;
-                        return;
-                    }
-                    tokio::select! {
-                        _ = partition.wait_for_data(offset, Duration::from_secs(30)) => {}
-                        _ = tx.closed() => return,
-                        _ = stopped(&mut shutdown) => {
-                            let closing = Status::unavailable("the broker is shutting down");
-                            let _ = tx.try_send(Err(closing));
-                            return;
-                        }
-                    }
-                    continue;
+                let at_end = result.records.is_empty();
+                if at_end && partition.is_deleted() {
+                    let gone = Status::not_found(format!("topic {topic} was deleted"));
+                    let _ = tx.send(Err(gone)).await;
+                    return;
                 }
                 metrics.fetched(&topic, result.records.len() as u64);
+                // At the end the answer has no records: it tells the reader it caught up
+                // (with the high watermark), on reaching the end and after every idle
+                // wait, which keeps a quiet stream's reader informed.
                 let next = next_offset(&result.records, offset);
                 let response = v1::FetchResponse {
                     partition: r.partition,
@@ -563,6 +559,17 @@ impl Fjord for FjordService {
                 tokio::select! {
                     sent = tx.send(Ok(response)) => if sent.is_err() { return },
                     _ = stopped(&mut shutdown) => return,
+                }
+                if at_end {
+                    tokio::select! {
+                        _ = partition.wait_for_data(offset, SUBSCRIBE_IDLE_WAIT) => {}
+                        _ = tx.closed() => return,
+                        _ = stopped(&mut shutdown) => {
+                            let closing = Status::unavailable("the broker is shutting down");
+                            let _ = tx.try_send(Err(closing));
+                            return;
+                        }
+                    }
                 }
                 offset = next;
             }
