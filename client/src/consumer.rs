@@ -8,7 +8,8 @@
 //! while the caller works through these. A request and its answer per `max_bytes` (the
 //! `Fetch` RPC) left the broker and the consumer each idle while the other worked, and
 //! replay ran at half the speed. At the end of the partition the broker sends an empty
-//! answer with the high watermark. `poll` takes at most one answer per partition, so
+//! answer with the high watermark. The streams have a connection of their own, apart
+//! from the admin and group calls. `poll` takes at most one answer per partition, so
 //! what it returns is bounded by `max_bytes` per partition. A seek bumps the partition's
 //! *epoch* and drops its stream: the answer of a read already in flight is void. A
 //! stream that fails with a retriable error is opened again after a backoff (up to
@@ -20,8 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fjord_protocol::{BatchIter, decode_batch, v1};
 use futures_util::FutureExt;
-use futures_util::future::{AbortHandle, BoxFuture, abortable};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::TopicPartition;
@@ -53,7 +55,8 @@ pub enum AutoOffsetReset {
 /// Consumer settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerConfig {
-    /// The most bytes one fetch returns (at least one whole batch is always returned).
+    /// The most bytes one answer of a partition's stream carries (at least one whole
+    /// batch is always sent); a poll takes at most one answer per partition.
     pub max_bytes: u32,
     /// How long [`Consumer::poll`] waits for records before it returns empty.
     pub max_wait_ms: u32,
@@ -134,8 +137,9 @@ impl PartitionState {
     }
 }
 
-/// A read in flight, aborted when this is dropped (with its partition's state, or on a
-/// seek): its stream goes with it, and the broker stops reading ahead for it.
+/// A read in flight (a task of its own), aborted when this is dropped (with its
+/// partition's state, or on a seek): the runtime drops the task and its stream at once,
+/// and the broker stops reading ahead for it.
 #[derive(Debug)]
 struct ReadInFlight(AbortHandle);
 
@@ -157,11 +161,17 @@ struct FetchDone {
 /// Reads the partitions assigned to it. Not a group member: the caller chooses what to
 /// read ([`Consumer::assign`]) and from where ([`Consumer::seek`]).
 pub struct Consumer {
+    /// Unary calls: admin, group and commits.
     client: GrpcClient,
+    /// The partitions' `Subscribe` streams, on a connection of their own: data read
+    /// ahead and not yet polled holds the connection's HTTP/2 window, and on a shared
+    /// connection a backlog of a few partitions would leave no window for the answer of
+    /// a commit or a heartbeat.
+    streams: GrpcClient,
     admin: Admin,
     config: ConsumerConfig,
     assigned: BTreeMap<TopicPartition, PartitionState>,
-    /// The reads in flight; an aborted one yields `None`.
+    /// The reads in flight (each a task); an aborted one yields `None`.
     fetches: FuturesUnordered<BoxFuture<'static, Option<FetchDone>>>,
     /// An error met while other partitions returned records; reported by the next poll.
     pending_error: Option<ClientError>,
@@ -189,9 +199,11 @@ impl Consumer {
     /// Connects to the broker at `addr`.
     pub async fn connect(addr: &str, config: ConsumerConfig) -> Result<Consumer> {
         let client = connect(addr).await?;
+        let streams = connect(addr).await?;
         Ok(Consumer {
             admin: Admin::from_client(client.clone()),
             client,
+            streams,
             config,
             assigned: BTreeMap::new(),
             fetches: FuturesUnordered::new(),
@@ -515,7 +527,8 @@ impl Consumer {
             .position
     }
 
-    /// The high watermark a partition's last fetch saw.
+    /// The high watermark of the last answer taken for a partition (the broker reads
+    /// ahead, so a newer one may be on its way).
     pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<i64> {
         self.assigned
             .get(&TopicPartition::new(topic, partition))?
@@ -660,7 +673,7 @@ impl Consumer {
 
     fn start_fetches(&mut self) {
         for (tp, state) in &mut self.assigned {
-            start_fetch(&mut self.fetches, &self.client, &self.config, tp, state);
+            start_fetch(&mut self.fetches, &self.streams, &self.config, tp, state);
         }
     }
 
@@ -759,7 +772,7 @@ fn start_fetch(
     let mut client = client.clone();
     let tp = tp.clone();
     let epoch = state.epoch;
-    let (read, handle) = abortable(async move {
+    let read = tokio::spawn(async move {
         let done = |result, stream| FetchDone {
             tp,
             epoch,
@@ -790,8 +803,13 @@ fn start_fetch(
             Err(s) => done(Err(ClientError::from_status(s, Some(offset))), None),
         }
     });
-    state.in_flight = Some(ReadInFlight(handle));
-    fetches.push(Box::pin(read.map(Result::ok)));
+    state.in_flight = Some(ReadInFlight(read.abort_handle()));
+    // An aborted read yields None; a read that panicked is a failure of the consumer.
+    fetches.push(Box::pin(read.map(|joined| match joined {
+        Ok(done) => Some(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    })));
 }
 
 /// Decodes the records at or after `from` of whole batches `bytes`.

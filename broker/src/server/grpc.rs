@@ -561,8 +561,12 @@ impl Fjord for FjordService {
                     _ = stopped(&mut shutdown) => return,
                 }
                 if at_end {
+                    // Until the high watermark moves past what this read saw: nothing
+                    // came below it either (a gap below the high watermark, as a
+                    // compaction can leave, must not turn into a flood of answers).
+                    let seen = offset.max(result.high_watermark);
                     tokio::select! {
-                        _ = partition.wait_for_data(offset, SUBSCRIBE_IDLE_WAIT) => {}
+                        _ = partition.wait_for_data(seen, SUBSCRIBE_IDLE_WAIT) => {}
                         _ = tx.closed() => return,
                         _ = stopped(&mut shutdown) => {
                             let closing = Status::unavailable("the broker is shutting down");
