@@ -1286,3 +1286,38 @@ async fn quick_consumer(broker: &BrokerProcess, max_bytes: u32) -> fjord::client
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
+    use fjord::client::Seek;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    // 64 MiB in sealed segments of 4 MiB: each read of them is a slice of a file map.
+    create_topic(&mut client, "sealed", 1, &[("segment.bytes", "4194304")]).await;
+    let value = "v".repeat(10 * 1024);
+    let records: Vec<(Option<&str>, &str)> = (0..100).map(|_| (None, value.as_str())).collect();
+    let one_mib = batch(&records);
+    for _ in 0..66 {
+        produce(&mut client, "sealed", 0, one_mib.clone(), Acks::Leader).await;
+    }
+    let before = broker.status_kib("RssFile");
+    let mut consumer =
+        quick_consumer(&broker, fjord::client::ConsumerConfig::default().max_bytes).await;
+    consumer.assign("sealed", &[0]).await.unwrap();
+    consumer.seek("sealed", 0, Seek::Beginning).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut read = 0;
+    while read < 6600 {
+        assert!(Instant::now() < deadline, "{read} records");
+        read += consumer.poll().await.unwrap().len();
+    }
+    // Caught up (the stream's answer at the end is here): no read slice is held.
+    while consumer.high_watermark("sealed", 0) != consumer.position("sealed", 0) {
+        assert!(Instant::now() < deadline);
+        consumer.poll().await.unwrap();
+    }
+    let grown = broker.status_kib("RssFile").saturating_sub(before);
+    // Without dropping the pages of finished reads, all 64 MiB would stay mapped.
+    assert!(grown < 16 * 1024, "RssFile grew by {grown} KiB");
+}

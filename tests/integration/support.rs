@@ -59,6 +59,17 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
+    /// A field of the broker's `/proc/<pid>/status`, in KiB (`VmRSS`, `RssFile`, ...).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         Self::spawn(data_dir.to_path_buf(), extra_args, None, None)
