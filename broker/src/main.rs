@@ -2,12 +2,6 @@
 
 use fjord_broker::{Broker, BrokerConfig};
 
-/// jemalloc keeps freed memory for reuse (for seconds), where glibc's malloc gives the
-/// HTTP/2 buffers of large answers back to the kernel and the next ones fault in fresh
-/// pages: with glibc, a replay took 100,000-170,000 page faults and a quarter less speed.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
