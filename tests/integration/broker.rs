@@ -1219,9 +1219,7 @@ async fn a_consumer_backlog_read_ahead_does_not_block_its_admin_calls() {
     // 6 partitions of 10 MiB: more read ahead (8 MiB a stream) than one connection's
     // 32 MiB window holds.
     create_topic(&mut client, "backlog", 6, &[]).await;
-    let value = "v".repeat(10 * 1024);
-    let records: Vec<(Option<&str>, &str)> = (0..100).map(|_| (None, value.as_str())).collect();
-    let one_mib = batch(&records);
+    let one_mib = one_mib_batch();
     for partition in 0..6 {
         for _ in 0..10 {
             produce(
@@ -1295,9 +1293,7 @@ async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
     let mut client = broker.client().await;
     // 64 MiB in sealed segments of 4 MiB: each read of them is a slice of a file map.
     create_topic(&mut client, "sealed", 1, &[("segment.bytes", "4194304")]).await;
-    let value = "v".repeat(10 * 1024);
-    let records: Vec<(Option<&str>, &str)> = (0..100).map(|_| (None, value.as_str())).collect();
-    let one_mib = batch(&records);
+    let one_mib = one_mib_batch();
     for _ in 0..66 {
         produce(&mut client, "sealed", 0, one_mib.clone(), Acks::Leader).await;
     }
@@ -1320,4 +1316,11 @@ async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
     let grown = broker.status_kib("RssFile").saturating_sub(before);
     // Without dropping the pages of finished reads, all 64 MiB would stay mapped.
     assert!(grown < 16 * 1024, "RssFile grew by {grown} KiB");
+}
+
+/// One batch of 100 records of 10 KiB (about 1 MiB).
+fn one_mib_batch() -> Vec<u8> {
+    let value = "v".repeat(10 * 1024);
+    let records: Vec<(Option<&str>, &str)> = (0..100).map(|_| (None, value.as_str())).collect();
+    batch(&records)
 }

@@ -20,6 +20,10 @@ mod topic;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+use output::Failure;
+
 /// jemalloc keeps freed memory for reuse (for seconds), where glibc's malloc gave the
 /// HTTP/2 buffers of a consumer's streamed answers back to the kernel and the next ones
 /// faulted in fresh pages: a 2 GiB replay took 100,000-170,000 page faults and ran a
@@ -27,10 +31,6 @@ use std::process::ExitCode;
 /// longer.)
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-use clap::{Parser, Subcommand};
-
-use output::Failure;
 
 #[derive(Debug, Parser)]
 #[command(

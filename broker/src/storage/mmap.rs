@@ -93,8 +93,8 @@ const FAULT_AROUND: usize = 2 * 1024 * 1024;
 /// a backlog grew the RSS by every byte it read (up to 1.3 GB in W6). When the last
 /// `Bytes` of a slice goes, its pages are dropped from the page tables
 /// (`MADV_DONTNEED`), with a margin on each side ([`FAULT_AROUND`]), where the reader
-/// looked up the slice's first batch and the header after its last; the page cache keeps them,
-/// and the next read maps them again with a minor fault.
+/// looked up the slice's first batch and the header after its last; the page cache
+/// keeps them, and the next read maps them again with a minor fault.
 struct MapSlice {
     map: Arc<Mmap>,
     range: std::ops::Range<usize>,
@@ -111,14 +111,14 @@ impl Drop for MapSlice {
         if self.range.is_empty() {
             return;
         }
+        let start = (self.range.start / FAULT_AROUND).saturating_sub(1) * FAULT_AROUND;
+        let end = (self.range.end.div_ceil(FAULT_AROUND) + 1) * FAULT_AROUND;
+        let end = end.min(self.map.len());
         // SAFETY: the map is a read-only, shared map of a file that is not written while
         // it lives (module docs). On such a map MADV_DONTNEED only drops page-table
         // entries: a later access, also through other slices of the same map still in
         // use, faults the same bytes in again from the page cache, as after the kernel
         // reclaimed clean pages on its own. No byte any reader sees changes.
-        let start = (self.range.start / FAULT_AROUND).saturating_sub(1) * FAULT_AROUND;
-        let end = (self.range.end.div_ceil(FAULT_AROUND) + 1) * FAULT_AROUND;
-        let end = end.min(self.map.len());
         let dropped = unsafe {
             self.map
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
