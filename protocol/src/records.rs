@@ -89,7 +89,13 @@ impl BatchBuilder {
 
     /// A builder whose buffer first holds `bytes` of records without growing.
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(HEADER_SIZE + bytes);
+        BatchBuilder::with_buffer(BytesMut::with_capacity(HEADER_SIZE + bytes))
+    }
+
+    /// A builder that encodes into `buf` (cleared first), such as the buffer of a batch
+    /// already sent: its memory is reused rather than allocated afresh.
+    pub fn with_buffer(mut buf: BytesMut) -> Self {
+        buf.clear();
         buf.resize(HEADER_SIZE, 0);
         BatchBuilder {
             buf,

@@ -18,11 +18,14 @@ use bytes::Bytes;
 use fjord_protocol::BatchBuilder;
 use tokio::time::Instant;
 
+use super::pool::BufferPool;
 use crate::TopicPartition;
 use crate::hash::FastMap;
 
 /// Bytes of a RecordBatch v2 header.
 pub(crate) const BATCH_OVERHEAD: usize = fjord_protocol::batch::HEADER_SIZE;
+/// The most a batch's buffer holds before it grows (a larger `batch_bytes` grows it).
+const MAX_BATCH_CAPACITY: usize = 1 << 20;
 /// The most a record's framing can take: length, attributes, timestamp and offset deltas,
 /// key and value lengths, header count (varints at their widest).
 const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
@@ -93,6 +96,8 @@ pub(crate) struct Accumulator<T> {
     next_id: u64,
     /// Ids of the batches not yet completed (open, full or in flight).
     outstanding: BTreeSet<u64>,
+    /// Where new batches take their buffers from.
+    pool: BufferPool,
 }
 
 impl<T> Accumulator<T> {
@@ -102,15 +107,35 @@ impl<T> Accumulator<T> {
         request_bytes: usize,
         max_in_flight: usize,
     ) -> Self {
+        let (batch_bytes, request_bytes) = (batch_bytes.max(1), request_bytes.max(1));
+        let max_in_flight = max_in_flight.max(1);
         Accumulator {
-            batch_bytes: batch_bytes.max(1),
+            batch_bytes,
             linger,
-            request_bytes: request_bytes.max(1),
-            max_in_flight: max_in_flight.max(1),
+            request_bytes,
+            max_in_flight,
             queues: FastMap::default(),
             next_id: 0,
             outstanding: BTreeSet::new(),
+            // As many buffers as the requests in flight and one more hold: what an
+            // answer gives back is taken again before the next answer comes.
+            pool: BufferPool::new(
+                BATCH_OVERHEAD + batch_bytes.min(MAX_BATCH_CAPACITY),
+                request_bytes.saturating_mul(max_in_flight + 1),
+            ),
         }
+    }
+
+    /// Keeps up to `bytes` of answered batches' buffers for reuse (the producer's
+    /// `buffer_memory`: the most its batches hold at once).
+    pub(crate) fn with_pool_bytes(mut self, bytes: usize) -> Self {
+        self.pool = BufferPool::new(self.pool.capacity(), bytes);
+        self
+    }
+
+    /// The pool that new batches take their buffers from; senders give them back.
+    pub(crate) fn pool(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Adds a record to `tp`'s open batch (opening one if needed). Returns the id of the
@@ -140,7 +165,7 @@ impl<T> Accumulator<T> {
             self.outstanding.insert(id);
             Batch {
                 id,
-                records: BatchBuilder::with_capacity(self.batch_bytes.min(1 << 20)),
+                records: BatchBuilder::with_buffer(self.pool.take()),
                 // Room for as many records of this size as fill the batch.
                 replies: Vec::with_capacity((self.batch_bytes / size.max(1)).clamp(1, 1024)),
                 size: BATCH_OVERHEAD,
@@ -290,6 +315,40 @@ mod tests {
             None,
             "a third record would start a new batch"
         );
+    }
+
+    #[test]
+    fn a_new_batch_encodes_into_the_buffer_an_answered_batch_gave_back() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1);
+        let finish = |batch: Batch<u32>| {
+            batch
+                .records
+                .finish(
+                    fjord_protocol::Compression::None,
+                    fjord_protocol::codec::ProducerFields::default(),
+                )
+                .expect("one record")
+        };
+        let first = acc.append(&tp(0), record(100), 1u32, t0);
+        let mut sent = acc.drain(t0, 0);
+        let bytes = finish(sent.remove(0).1.remove(0));
+        let (ptr, copy) = (bytes.as_ptr(), bytes.clone());
+        acc.complete(&tp(0), &[first]);
+        // While the sender still holds a copy, the buffer is not reused.
+        acc.pool().give(copy);
+        let second = acc.append(&tp(0), record(100), 2, t0);
+        let other = finish(acc.drain(t0, 0).remove(0).1.remove(0));
+        assert_ne!(other.as_ptr(), ptr);
+        acc.complete(&tp(0), &[second]);
+        // Given back once nothing else refers to it: the next batch writes into it.
+        acc.pool().give(bytes);
+        acc.append(&tp(0), record(200), 3, t0);
+        let reused = finish(acc.drain(t0, 0).remove(0).1.remove(0));
+        assert_eq!(reused.as_ptr(), ptr);
+        let records = fjord_protocol::decode_records(&reused).expect("a whole batch");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].value.as_ref().map(|v| v.len()), Some(200));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::accumulator::Batch;
+use super::pool::BufferPool;
 use super::{Acks, Done, ProducerConfig, RecordMetadata, Reply};
 use crate::TopicPartition;
 use crate::connection::{REQUEST_TIMEOUT, raw_client};
@@ -53,6 +54,8 @@ struct Stream {
 
 pub(super) struct Sender {
     pub channel: Channel,
+    /// Where answered batches' buffers go back to.
+    pub pool: BufferPool,
     pub config: ProducerConfig,
     pub tp: TopicPartition,
     pub done: mpsc::UnboundedSender<Done>,
@@ -230,6 +233,9 @@ impl Sender {
                 }));
             }
             base += n;
+        }
+        for batch in done.request.records {
+            self.pool.give(batch);
         }
         self.report(done.ids, false);
     }
