@@ -5,7 +5,8 @@
 #   W1, W2     500,000 records of 1 KiB to one partition, acks 1 / all (fjord perf produce)
 #   W3         2 GiB produced, then read from offset 0 (fjord perf consume; in page cache)
 #   W4         fjord perf e2e at 50 MB/s for 10 s, acks all
-#   W5, W5all  W1 through the Kafka listener with librdkafka, acks 1 / all
+#   W5, W5all  W1 through the Kafka listener with librdkafka, acks 1 / all (batch.size
+#              is librdkafka's default, 1,000,000; sittings 1-6 used Java's 16 KiB)
 run_workload() {
     local label=$1 bindir=$2 workload=$3
     (
@@ -43,7 +44,7 @@ run_workload() {
             cpu_mark
             /usr/bin/time -f "%U %S" -o "$cpu" "$BIN/examples/kafka_perf_produce" \
                 --bootstrap "$KAFKA" --topic k1 --num-records 500000 --record-size 1024 \
-                --acks "$acks" | tail -1
+                --acks "$acks" --batch-bytes 1000000 | tail -1
             ;;
         *)
             echo "unknown workload $workload" >&2

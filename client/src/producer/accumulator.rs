@@ -101,11 +101,13 @@ pub(crate) struct Accumulator<T> {
 }
 
 impl<T> Accumulator<T> {
+    /// `pool_bytes`: how much of answered batches' buffers the pool keeps for new batches.
     pub(crate) fn new(
         batch_bytes: usize,
         linger: Duration,
         request_bytes: usize,
         max_in_flight: usize,
+        pool_bytes: usize,
     ) -> Self {
         let (batch_bytes, request_bytes) = (batch_bytes.max(1), request_bytes.max(1));
         let max_in_flight = max_in_flight.max(1);
@@ -117,20 +119,11 @@ impl<T> Accumulator<T> {
             queues: FastMap::default(),
             next_id: 0,
             outstanding: BTreeSet::new(),
-            // As many buffers as the requests in flight and one more hold: what an
-            // answer gives back is taken again before the next answer comes.
             pool: BufferPool::new(
                 BATCH_OVERHEAD + batch_bytes.min(MAX_BATCH_CAPACITY),
-                request_bytes.saturating_mul(max_in_flight + 1),
+                pool_bytes,
             ),
         }
-    }
-
-    /// Keeps up to `bytes` of answered batches' buffers for reuse (the producer's
-    /// `buffer_memory`: the most its batches hold at once).
-    pub(crate) fn with_pool_bytes(mut self, bytes: usize) -> Self {
-        self.pool = BufferPool::new(self.pool.capacity(), bytes);
-        self
     }
 
     /// The pool that new batches take their buffers from; senders give them back.
@@ -301,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_full_open_batch_has_no_room_for_the_next_record() {
-        let mut acc: Accumulator<u32> = Accumulator::new(1000, Duration::ZERO, 10_000, 1);
+        let mut acc: Accumulator<u32> = Accumulator::new(1000, Duration::ZERO, 10_000, 1, 1 << 20);
         let now = Instant::now();
         let id = acc.append(&tp(0), record(400), 0, now);
         assert_eq!(
@@ -320,7 +313,7 @@ mod tests {
     #[test]
     fn a_new_batch_encodes_into_the_buffer_an_answered_batch_gave_back() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1);
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1, 1 << 20);
         let finish = |batch: Batch<u32>| {
             batch
                 .records
@@ -335,12 +328,9 @@ mod tests {
         let bytes = finish(sent.remove(0).1.remove(0));
         let (ptr, copy) = (bytes.as_ptr(), bytes.clone());
         acc.complete(&tp(0), &[first]);
-        // While the sender still holds a copy, the buffer is not reused.
+        // While the sender still holds a copy, the buffer is not kept.
         acc.pool().give(copy);
-        let second = acc.append(&tp(0), record(100), 2, t0);
-        let other = finish(acc.drain(t0, 0).remove(0).1.remove(0));
-        assert_ne!(other.as_ptr(), ptr);
-        acc.complete(&tp(0), &[second]);
+        assert_eq!(acc.pool().len(), 0);
         // Given back once nothing else refers to it: the next batch writes into it.
         acc.pool().give(bytes);
         acc.append(&tp(0), record(200), 3, t0);
@@ -354,7 +344,7 @@ mod tests {
     #[test]
     fn open_batch_waits_for_linger() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20, 1);
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_millis(5), 1 << 20, 1, 1 << 20);
         let id = acc.append(&tp(0), record(10), 1u32, t0);
         acc.append(&tp(0), record(10), 2, t0 + Duration::from_millis(1));
         assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(id));
@@ -373,7 +363,7 @@ mod tests {
     fn batch_bytes_closes_a_batch_and_sends_it_without_waiting() {
         let t0 = Instant::now();
         // Each record is ~36 + 100 bytes; three fit in 500 with the header, four do not.
-        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1);
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
         for i in 0..7 {
             acc.append(&tp(0), record(100), i, t0);
         }
@@ -389,7 +379,7 @@ mod tests {
     #[test]
     fn a_record_larger_than_batch_bytes_travels_alone() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(200, Duration::from_secs(60), 1 << 20, 1);
+        let mut acc = Accumulator::new(200, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
         acc.append(&tp(0), record(10), 0u32, t0);
         acc.append(&tp(0), record(1000), 1, t0);
         acc.append(&tp(0), record(10), 2, t0);
@@ -401,7 +391,7 @@ mod tests {
     #[test]
     fn one_request_in_flight_per_partition_and_records_keep_joining() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1);
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1, 1 << 20);
         let first = acc.append(&tp(0), record(1), 0u32, t0);
         let sent = acc.drain(t0, 0);
         assert_eq!(sizes(&sent[0].1), vec![vec![0]]);
@@ -422,7 +412,7 @@ mod tests {
     #[test]
     fn up_to_max_in_flight_requests_per_partition() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 2);
+        let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 2, 1 << 20);
         let first = acc.append(&tp(0), record(1), 0u32, t0);
         assert_eq!(sizes(&acc.drain(t0, 0)[0].1), vec![vec![0]]);
         let second = acc.append(&tp(0), record(1), 1, t0);
@@ -449,7 +439,7 @@ mod tests {
     #[test]
     fn request_bytes_splits_a_backlog_into_requests() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(200, Duration::ZERO, 450, 1);
+        let mut acc = Accumulator::new(200, Duration::ZERO, 450, 1, 1 << 20);
         for i in 0..8 {
             acc.append(&tp(0), record(100), i, t0);
         }
@@ -476,7 +466,7 @@ mod tests {
     #[test]
     fn flush_forces_open_batches_created_before_it() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(16 * 1024, Duration::from_secs(60), 1 << 20, 1);
+        let mut acc = Accumulator::new(16 * 1024, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
         let a = acc.append(&tp(0), record(1), 0u32, t0);
         let b = acc.append(&tp(1), record(1), 1, t0);
         let flush_below = acc.next_id();

@@ -45,7 +45,7 @@ pub enum Acks {
 }
 
 /// Producer settings. `ProducerConfig::default()`: acks all, linger 5 ms, 16 KiB batches,
-/// no compression, 5 retries 100 ms apart, 5 requests of up to 1 MiB in flight per
+/// no compression, 5 retries 100 ms apart, 32 requests of up to 1 MiB in flight per
 /// partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerConfig {
@@ -75,9 +75,11 @@ pub struct ProducerConfig {
     /// fsync, and a disk that stalls one for 100 ms held five requests, so the producer
     /// stopped sending and every record of those 100 ms arrived late at the consumers:
     /// `fjord perf e2e` at 50 MB/s had a maximum latency of 25–240 ms with 5 in flight,
-    /// 10–13 ms with 32 or more. The broker holds at most 16 appended requests per
-    /// stream waiting for their fsync (and 16 answers), and reads no further until one
-    /// is answered.
+    /// 10–13 ms with 32 or more. (The broker reads a stream ahead of its fsyncs by about
+    /// 18 requests: 16 queued for their answer, one whose fsync is awaited, one being
+    /// appended; the rest wait in the HTTP/2 window.) The price: after a lost connection
+    /// or a request timeout, every request in flight is sent again, and up to this many
+    /// (at `request_bytes` each) may be written twice.
     pub max_in_flight: usize,
     /// The most one produce request carries (Kafka's `max.request.size`): the batches
     /// of a partition ready to go share requests up to this size (never less than
@@ -224,8 +226,11 @@ impl Producer {
                 Duration::from_millis(config.linger_ms),
                 config.request_bytes.max(config.batch_bytes),
                 config.max_in_flight,
-            )
-            .with_pool_bytes(buffer_memory),
+                // Idle buffers of batches that `buffer_memory` bounded while they were in
+                // use (without compression, and up to 1 MiB batches: a compressed batch
+                // is a new buffer, and a larger one grows past what the pool keeps).
+                buffer_memory,
+            ),
             client,
             channel,
             config,

@@ -11,13 +11,23 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 
 /// Buffers of one size, shared by the accumulator (which takes) and the senders (which
-/// give back). Holds at most `max_buffers`; what comes back beyond that is freed.
+/// give back). Holds buffers of at most `max_bytes` in all (counted by their capacity);
+/// what comes back beyond that is freed. It does not shrink: a producer keeps what its
+/// busiest moment left idle until it is dropped, as Kafka's producer keeps its free
+/// batch buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct BufferPool {
-    free: Arc<Mutex<Vec<BytesMut>>>,
+    free: Arc<Mutex<Free>>,
     /// The capacity of each buffer handed out.
     capacity: usize,
-    max_buffers: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Free {
+    buffers: Vec<BytesMut>,
+    /// The sum of their capacities.
+    bytes: usize,
 }
 
 impl BufferPool {
@@ -26,19 +36,20 @@ impl BufferPool {
         BufferPool {
             free: Arc::default(),
             capacity,
-            max_buffers: max_bytes / capacity.max(1),
+            max_bytes,
         }
-    }
-
-    /// The capacity of each buffer handed out.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// An empty buffer of at least the pool's capacity: a returned one if there is one.
     pub(crate) fn take(&self) -> BytesMut {
-        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.buffers.pop() {
+            Some(buf) => {
+                free.bytes -= buf.capacity();
+                buf
+            }
+            None => BytesMut::with_capacity(self.capacity),
+        }
     }
 
     /// Keeps `bytes`'s buffer for reuse if nothing else refers to it, its capacity suits
@@ -53,14 +64,20 @@ impl BufferPool {
         }
         buf.clear();
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < self.max_buffers {
-            free.push(buf);
+        if free.bytes + buf.capacity() <= self.max_bytes {
+            free.bytes += buf.capacity();
+            free.buffers.push(buf);
         }
     }
 
+    /// Buffers held.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    pub(crate) fn len(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .buffers
+            .len()
     }
 }
 
@@ -85,7 +102,7 @@ mod tests {
 
     #[test]
     fn shared_oversized_and_surplus_buffers_are_not_kept() {
-        let pool = BufferPool::new(1024, 2048);
+        let pool = BufferPool::new(1024, 2 * 1024);
         // Still referred to elsewhere: the other holder may read it.
         let shared = pool.take().freeze();
         let other = shared.clone();
@@ -95,18 +112,19 @@ mod tests {
         // Grown for one large record.
         pool.give(BytesMut::with_capacity(64 * 1024).freeze());
         assert_eq!(pool.len(), 0);
-        // At most 2048 / 1024 buffers.
-        for _ in 0..3 {
-            let mut buf = pool.take();
-            buf.extend_from_slice(b"x");
-            pool.give(buf.freeze());
-        }
-        let (a, b, c) = (pool.take(), pool.take(), pool.take());
-        for buf in [a, b, c] {
-            let mut buf = buf;
+        // At most 2 KiB of buffers: three of 1 KiB come back, two are kept.
+        let taken: Vec<BytesMut> = (0..3).map(|_| pool.take()).collect();
+        for mut buf in taken {
             buf.extend_from_slice(b"x");
             pool.give(buf.freeze());
         }
         assert_eq!(pool.len(), 2);
+        // Counted by capacity: a buffer of 1.5 KiB does not fit beside them, nor after
+        // one is taken (1 + 1.5 > 2 KiB).
+        pool.give(BytesMut::with_capacity(1536).freeze());
+        assert_eq!(pool.len(), 2);
+        let _one = pool.take();
+        pool.give(BytesMut::with_capacity(1536).freeze());
+        assert_eq!(pool.len(), 1);
     }
 }

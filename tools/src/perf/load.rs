@@ -151,6 +151,16 @@ impl Pacer {
     }
 }
 
+/// Sets its flag when dropped: stops [`send_paced`]'s sending thread, which would
+/// otherwise go on after the future that waits for it is gone.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What a [`send_paced`] run got back.
 #[derive(Debug, Default)]
 pub struct Sent {
@@ -189,6 +199,7 @@ where
     let mut pacer = rate.map(Pacer::new);
     let paced = pacer.is_some();
     let outcomes = Arc::clone(&sent);
+    let stop = Arc::clone(&failed);
     let sending = async move {
         let mut i = 0;
         'send: while i < count {
@@ -239,6 +250,8 @@ where
     };
     if paced {
         // The pacer blocks its thread: a thread of the blocking pool, driving the sends.
+        // If this future is dropped, the thread stops at its next record.
+        let _stop = StopOnDrop(stop);
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || runtime.block_on(sending))
             .await
