@@ -73,13 +73,14 @@ pub struct ProducerConfig {
     /// 32 by default (Java's client has 5, librdkafka 1,000,000; the bytes in flight are
     /// bounded by `buffer_memory` either way). With acks=all an answer waits for an
     /// fsync, and a disk that stalls one for 100 ms held five requests, so the producer
-    /// stopped sending and every record of those 100 ms arrived late at the consumers:
-    /// `fjord perf e2e` at 50 MB/s had a maximum latency of 25–240 ms with 5 in flight,
-    /// 10–13 ms with 32 or more. (The broker reads a stream ahead of its fsyncs by about
-    /// 18 requests: 16 queued for their answer, one whose fsync is awaited, one being
-    /// appended; the rest wait in the HTTP/2 window.) The price: after a lost connection
-    /// or a request timeout, every request in flight is sent again, and up to this many
-    /// (at `request_bytes` each) may be written twice.
+    /// stopped sending and every record of those 100 ms arrived late at the consumers.
+    /// `fjord perf e2e` at 50 MB/s, alternating on this project's VM: maximum latency
+    /// 28–247 ms with 5 in flight, 19–58 ms with 32. A stall longer than what the
+    /// requests in flight hold still holds the producer up. The broker reads a stream
+    /// ahead of its fsyncs by about 18 requests (16 queued for their answer, one whose
+    /// fsync is awaited, one being appended); the rest wait in the HTTP/2 window. The
+    /// price: after a lost connection or a request timeout, every request in flight is
+    /// sent again, and up to this many (at `request_bytes` each) may be written twice.
     pub max_in_flight: usize,
     /// The most one produce request carries (Kafka's `max.request.size`): the batches
     /// of a partition ready to go share requests up to this size (never less than
