@@ -2,7 +2,7 @@
 //! batches to encode into.
 //!
 //! A batch buffer freed to the allocator comes back, more often than not, as memory the
-//! kernel has to fault in and zero again: in `fjord perf produce` 80,000–90,000 page
+//! kernel has to fault in and zero again: in `fjord perf produce` 80,000–100,000 page
 //! faults per 500 MB, a fifth of the producer's CPU. The senders hand their answered
 //! batches' buffers back here instead, and the accumulator takes them for new batches.
 
