@@ -34,7 +34,7 @@ pub struct FjordService {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-fn storage_status(e: StorageError) -> Status {
+pub(super) fn storage_status(e: StorageError) -> Status {
     match e {
         StorageError::OffsetOutOfRange {
             offset,
@@ -166,23 +166,10 @@ fn from_tp(tp: &TopicPartition) -> v1::GroupPartition {
     }
 }
 
-fn refuse(status: Status) -> Status {
+pub(super) fn refuse(status: Status) -> Status {
     tracing::warn!(code = ?status.code(), message = status.message(), "request refused");
     status
 }
-
-/// An appended request of a produce stream, waiting for its turn to be answered.
-enum Pending {
-    Done(Result<v1::ProduceResponse, Status>),
-    /// acks=all: answered once this fsync is done.
-    Durable(v1::ProduceResponse, DurableWait),
-}
-
-/// Appended requests of one produce stream whose answers are not yet sent, at most.
-const PRODUCE_STREAM_PENDING: usize = 16;
-
-type ProduceStream =
-    Pin<Box<dyn Stream<Item = Result<v1::ProduceResponse, Status>> + Send + 'static>>;
 
 impl FjordService {
     /// Appends one produce request. `pipelined` (a produce stream): an acks=all append
@@ -396,87 +383,21 @@ impl Fjord for FjordService {
         Ok(Response::new(answer))
     }
 
-    type ProduceStreamStream = ProduceStream;
+    type ProduceStreamStream = super::produce_stream::Answers;
 
     async fn produce_stream(
         &self,
         request: Request<tonic::Streaming<v1::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let mut requests = request.into_inner();
-        // Appended requests whose answers wait (for an fsync, or for the answers before
-        // them); bounded, so a client far ahead is held back by flow control.
-        let (pending_tx, mut pending_rx) = tokio::sync::mpsc::channel(PRODUCE_STREAM_PENDING);
-        let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(PRODUCE_STREAM_PENDING);
         let service = self.clone();
-        let mut shutdown = self.shutdown.clone();
-        // Appends, one request at a time in the order received; stops at the first failure,
-        // so nothing after a failed request is appended; stops too when the client has
-        // gone (the answers task ends), and at shutdown.
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = stopped(&mut shutdown) => {
-                        let closing = Err(Status::unavailable("the broker is shutting down"));
-                        let _ = pending_tx.try_send(Pending::Done(closing));
-                        return;
-                    }
-                    _ = pending_tx.closed() => return,
-                    next = requests.message() => next,
-                };
-                let pending = match next {
-                    Ok(Some(request)) => match service.append(request, true).await {
-                        Ok((answer, None)) => Pending::Done(Ok(answer)),
-                        Ok((answer, Some(durable))) => Pending::Durable(answer, durable),
-                        Err(status) => Pending::Done(Err(status)),
-                    },
-                    // The client closed its side: the answers still due go out.
-                    Ok(None) => return,
-                    // A request that could not be read (too large, say) fails in its turn.
-                    Err(status) => Pending::Done(Err(refuse(status))),
-                };
-                let failed = matches!(pending, Pending::Done(Err(_)));
-                let sent = tokio::select! {
-                    sent = pending_tx.send(pending) => sent.is_ok(),
-                    _ = stopped(&mut shutdown) => false,
-                };
-                if !sent || failed {
-                    return;
-                }
-            }
-        });
-        // Answers, in order; the first failure ends the stream. A client that went away
-        // (its answer stream dropped) ends it too, and with it the appends.
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let pending = tokio::select! {
-                    pending = pending_rx.recv() => pending,
-                    _ = answers_tx.closed() => return,
-                };
-                let Some(pending) = pending else { return };
-                let answer = match pending {
-                    Pending::Done(answer) => answer,
-                    Pending::Durable(answer, durable) => durable
-                        .await
-                        .map(|()| answer)
-                        .map_err(|e| refuse(storage_status(e))),
-                };
-                let failed = answer.is_err();
-                // Answers that can go now do; a client that does not read them must not
-                // hold up shutdown.
-                let sent = tokio::select! {
-                    biased;
-                    sent = answers_tx.send(answer) => sent.is_ok(),
-                    _ = stopped(&mut shutdown) => false,
-                };
-                if !sent || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(answers_rx),
+        Ok(Response::new(super::produce_stream::pipeline(
+            request.into_inner(),
+            move |request| {
+                let service = service.clone();
+                async move { service.append(request, true).await }
+            },
+            super::produce_stream::LIMITS,
+            self.shutdown.clone(),
         )))
     }
 

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod produce_stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
