@@ -18,7 +18,7 @@ use fjord_protocol::batch::{self, BatchHeader};
 use super::checkpoint;
 use super::clock::Clock;
 use super::config::{LogConfig, TimestampType};
-use super::epoch::LeaderEpochCache;
+use super::epoch::{EpochWrite, LeaderEpochCache};
 use super::producers::{self, BatchSeq, ProducerEntry, Producers, SeqCheck, SeqError};
 use super::retention::{self, RetentionPolicy, SegmentSummary};
 use super::segment::{
@@ -132,12 +132,17 @@ pub struct FlushJob {
     files: Vec<(PathBuf, Arc<fs::File>)>,
     up_to: i64,
     truncations: u64,
+    /// Leader epochs the appends started that the checkpoint file does not hold yet.
+    epochs: Option<EpochWrite>,
 }
 
 impl FlushJob {
-    /// fdatasync of every segment that may hold unflushed data; returns the offset below
-    /// which everything is then durable.
+    /// Writes the leader epochs if they changed, then fdatasyncs every segment that may
+    /// hold unflushed data; returns the offset below which everything is then durable.
     pub fn run(&self) -> Result<i64> {
+        if let Some(epochs) = &self.epochs {
+            epochs.run()?;
+        }
         for (path, file) in &self.files {
             file.sync_data().at(path)?;
         }
@@ -371,7 +376,7 @@ impl Log {
             // The cache is written before the data, but a crash may have lost its file
             // update: what the scan saw is the truth.
             for &(epoch, start) in &outcome.epochs {
-                self.epochs.assign(epoch, start)?;
+                self.epochs.assign(epoch, start);
             }
             let Some(invalid) = outcome.invalid else {
                 continue;
@@ -607,10 +612,9 @@ impl Log {
             position += size;
         }
         let first_offset = self.log_end_offset;
-        // The epoch first: an entry without data is trimmed on open, data without its
-        // entry would mislead replication.
-        let assigned = self.epochs.assign(leader_epoch, first_offset);
-        self.offline_on_io(assigned)?;
+        // In memory: the next flush writes it before the recovery point passes the data,
+        // and recovery rebuilds it from the batches after the recovery point.
+        self.epochs.assign(leader_epoch, first_offset);
         let written = self.write(batches, &metas);
         self.offline_on_io(written)?;
         for (id, entry) in touched {
@@ -651,8 +655,7 @@ impl Log {
         }
         let first_offset = metas[0].base_offset;
         for (epoch, offset) in epochs {
-            let assigned = self.epochs.assign(epoch, offset);
-            self.offline_on_io(assigned)?;
+            self.epochs.assign(epoch, offset);
         }
         let written = self.write(batches, &metas);
         self.offline_on_io(written)?;
@@ -764,6 +767,8 @@ impl Log {
             active.seal()?;
             active.flush()?;
             let durable = self.log_end_offset;
+            // The epochs of the data the recovery point is about to pass.
+            self.epochs.persist()?;
             // The producer state below the new segment, before the segment exists: a
             // restart replays only the headers written after it.
             self.producers
@@ -1044,6 +1049,7 @@ impl Log {
                 .collect(),
             up_to: self.log_end_offset,
             truncations: self.truncations.load(Ordering::SeqCst),
+            epochs: self.epochs.pending(),
         })
     }
 

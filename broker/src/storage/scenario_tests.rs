@@ -322,11 +322,31 @@ fn the_leader_epoch_cache_is_rebuilt_from_recovered_batches() {
     log.append(&mut records(&[("k", Some("b"))], 0), 2).unwrap();
     log.append(&mut records(&[("k", Some("c"))], 0), 2).unwrap();
     log.append(&mut records(&[("k", Some("d"))], 0), 5).unwrap();
-    drop(log); // crash, and the checkpoint file is lost
-    std::fs::remove_file(dir.path().join(super::epoch::FILE_NAME)).unwrap();
+    // Appends change the cache in memory only: a crash before any flush finds no file.
+    drop(log);
+    assert!(!dir.path().join(super::epoch::FILE_NAME).exists());
     let log = open(dir.path(), big, &clock);
     assert_eq!(log.leader_epochs(), &[(1, 0), (2, 1), (5, 3)]);
     assert_eq!(log.end_offset_for_epoch(2), Some((2, 3)));
+}
+
+#[test]
+fn a_flush_writes_the_leader_epochs_before_the_recovery_point_passes_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
+    log.append(&mut records(&[("k", Some("b"))], 0), 4).unwrap();
+    assert_eq!(log.flush().unwrap(), 2);
+    let file = dir.path().join(super::epoch::FILE_NAME);
+    let written = super::epoch::LeaderEpochCache::load(dir.path()).unwrap();
+    assert_eq!(written.entries(), &[(1, 0), (4, 1)]);
+    // A crash now rescans nothing (the recovery point is the log end): the entries come
+    // from the file.
+    drop(log);
+    let reopened = open(dir.path(), config(), &clock);
+    assert_eq!(reopened.leader_epochs(), &[(1, 0), (4, 1)]);
+    assert!(file.exists());
 }
 
 #[test]
