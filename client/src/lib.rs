@@ -7,8 +7,9 @@
 //!   ([`OffsetSpec`]) and record deletion.
 //! - [`producer`]: [`Producer`], which accumulates records per partition into RecordBatch
 //!   v2 batches (`producer::accumulator` holds the pure batching rules) and sends them when
-//!   `batch_bytes` is reached or `linger_ms` has passed, retrying retriable errors with
-//!   one request in flight per partition (so a partition's order is kept).
+//!   `batch_bytes` is reached or `linger_ms` has passed, with up to `max_in_flight`
+//!   requests in flight per partition on one ordered stream, retrying retriable errors
+//!   without reordering a partition's records.
 //! - [`partitioner`]: Kafka's murmur2 and default partitioner (keyed: murmur2 of the key;
 //!   keyless: sticky until the batch closes).
 //! - [`consumer`]: [`Consumer`], which reads assigned partitions from chosen positions

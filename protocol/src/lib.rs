@@ -32,8 +32,8 @@ pub mod topic;
 pub mod http2 {
     /// The most a DATA frame carries (the largest a peer may send us).
     pub const FRAME_BYTES_MAX: u32 = 1024 * 1024;
-    /// The flow-control window of one stream: a produce stream's requests in flight, or
-    /// a fetch answer, fit whole.
+    /// The flow-control window of one stream: a fetch answer fits whole, and so do 8 of a
+    /// produce stream's 1 MiB requests (more in flight wait for the broker to read).
     pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
     /// The flow-control window of a connection: the most of the peer's data it holds
     /// unread, across its streams.

@@ -4,11 +4,12 @@
 //!
 //! An append that starts a new epoch changes the cache in memory only: the file is
 //! written by the next flush, before the recovery point passes the data (Kafka's
-//! KAFKA-15046), not with an fsync under the log's lock in the append's path (which
-//! cost the first append of every new partition ~10 ms here). Recovery rebuilds the
-//! entries of everything after the recovery point from the batches it scans.
+//! KAFKA-15046), not with an fsync under the log's lock in the append's path (the first
+//! append of every new partition, and of every new epoch). Recovery rebuilds the entries
+//! of everything after the recovery point from the batches it scans.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Result, StorageError, checkpoint};
@@ -22,9 +23,18 @@ pub struct LeaderEpochCache {
     entries: Vec<(i32, i64)>,
     /// Counts the changes of `entries`.
     version: u64,
-    /// The newest version in the file. Its lock serializes the writers (a flush job runs
-    /// without the log's lock, and the writers share a temporary file name).
-    written: Arc<Mutex<u64>>,
+    file: Arc<FileState>,
+}
+
+/// What the file holds, shared by the cache and its pending writes.
+#[derive(Debug, Default)]
+struct FileState {
+    /// The newest version in the file; read without waiting for a writer.
+    version: AtomicU64,
+    /// Serializes the writers (a flush job runs without the log's lock, and the writers
+    /// share a temporary file name). True once the log is retired: its directory may be
+    /// deleted or reused by a new log of the same name, and nothing writes there again.
+    retired: Mutex<bool>,
 }
 
 /// A version of the entries that the file does not hold yet: written by
@@ -34,14 +44,15 @@ pub struct EpochWrite {
     path: PathBuf,
     entries: Vec<(i32, i64)>,
     version: u64,
-    written: Arc<Mutex<u64>>,
+    file: Arc<FileState>,
 }
 
 impl EpochWrite {
-    /// Writes the file (atomically, fsync'd) if it holds an older version.
+    /// Writes the file (atomically, fsync'd) if it holds an older version, unless the log
+    /// was retired.
     pub fn run(&self) -> Result<()> {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if *written >= self.version {
+        let retired = self.file.retired.lock().unwrap_or_else(|p| p.into_inner());
+        if *retired || self.file.version.load(Ordering::SeqCst) >= self.version {
             return Ok(());
         }
         let lines: Vec<(String, String)> = self
@@ -52,7 +63,7 @@ impl EpochWrite {
         let refs: Vec<(&str, String)> =
             lines.iter().map(|(e, o)| (e.as_str(), o.clone())).collect();
         checkpoint::write(&self.path, &refs)?;
-        *written = self.version;
+        self.file.version.store(self.version, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -76,7 +87,7 @@ impl LeaderEpochCache {
             path,
             entries,
             version: 0,
-            written: Arc::new(Mutex::new(0)),
+            file: Arc::default(),
         })
     }
 
@@ -105,13 +116,19 @@ impl LeaderEpochCache {
 
     /// The write that brings the file up to date, if it is behind.
     pub fn pending(&self) -> Option<EpochWrite> {
-        let written = *self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let written = self.file.version.load(Ordering::SeqCst);
         (written < self.version).then(|| EpochWrite {
             path: self.path.clone(),
             entries: self.entries.clone(),
             version: self.version,
-            written: Arc::clone(&self.written),
+            file: Arc::clone(&self.file),
         })
+    }
+
+    /// No write touches the file from now on, not even one already pending (waits for
+    /// one under way).
+    pub fn retire(&self) {
+        *self.file.retired.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
 
     /// Brings the file up to date now.
@@ -196,6 +213,13 @@ mod tests {
         assert!(cache.pending().is_none());
         // A write of an older version, run late, leaves the newer file alone.
         older.run().unwrap();
+        let reloaded = LeaderEpochCache::load(dir.path()).unwrap();
+        assert_eq!(reloaded.entries(), &[(3, 0), (4, 7)]);
+        // Once retired, even a pending write leaves the directory alone.
+        cache.assign(5, 9);
+        let late = cache.pending().expect("a write is due");
+        cache.retire();
+        late.run().unwrap();
         let reloaded = LeaderEpochCache::load(dir.path()).unwrap();
         assert_eq!(reloaded.entries(), &[(3, 0), (4, 7)]);
     }

@@ -373,8 +373,8 @@ impl Log {
                 tracing::warn!(segment = %path, "rebuilding inconsistent indexes");
             }
             let outcome = segment.recover()?;
-            // The cache is written before the data, but a crash may have lost its file
-            // update: what the scan saw is the truth.
+            // The file lags the appends until the next flush or roll: what the scan saw
+            // is the truth.
             for &(epoch, start) in &outcome.epochs {
                 self.epochs.assign(epoch, start);
             }
@@ -469,6 +469,9 @@ impl Log {
     /// does can touch a directory that a new topic of the same name may own.
     pub fn retire(&mut self) {
         self.offline.store(true, Ordering::SeqCst);
+        // A flush job already taken writes the epochs by path: not into a directory that
+        // is about to go (or to hold a new log of the same name).
+        self.epochs.retire();
     }
 
     /// Whether an I/O error took the log offline (see [`StorageError::LogOffline`]).
