@@ -331,36 +331,27 @@ fn the_leader_epoch_cache_is_rebuilt_from_recovered_batches() {
 }
 
 #[test]
-fn a_flush_writes_the_leader_epochs_before_the_recovery_point_passes_their_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(0);
-    let mut log = open(dir.path(), config(), &clock);
-    log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
-    log.append(&mut records(&[("k", Some("b"))], 0), 4).unwrap();
-    assert_eq!(log.flush().unwrap(), 2);
-    let written = super::epoch::LeaderEpochCache::load(dir.path()).unwrap();
-    assert_eq!(written.entries(), &[(1, 0), (4, 1)]);
-    // A crash now rescans nothing (the recovery point is the log end): the entries come
-    // from the file.
-    drop(log);
-    let reopened = open(dir.path(), config(), &clock);
-    assert_eq!(reopened.leader_epochs(), &[(1, 0), (4, 1)]);
-}
-
-#[test]
-fn a_roll_writes_the_leader_epochs_before_the_recovery_point_passes_their_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(0);
-    let mut log = open(dir.path(), config(), &clock);
-    log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
-    log.append(&mut records(&[("k", Some("b"))], 0), 4).unwrap();
-    // The roll fsyncs the segment and moves the recovery point past both epochs.
-    log.roll().unwrap();
-    let written = super::epoch::LeaderEpochCache::load(dir.path()).unwrap();
-    assert_eq!(written.entries(), &[(1, 0), (4, 1)]);
-    drop(log);
-    let reopened = open(dir.path(), config(), &clock);
-    assert_eq!(reopened.leader_epochs(), &[(1, 0), (4, 1)]);
+fn a_flush_or_a_roll_writes_the_leader_epochs_before_the_recovery_point_passes_their_data() {
+    // Both move the recovery point past the two epochs' data (a roll fsyncs the segment).
+    let durable: [fn(&mut Log); 2] = [
+        |log| assert_eq!(log.flush().unwrap(), 2),
+        |log| log.roll().unwrap(),
+    ];
+    for make_durable in durable {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let mut log = open(dir.path(), config(), &clock);
+        log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
+        log.append(&mut records(&[("k", Some("b"))], 0), 4).unwrap();
+        make_durable(&mut log);
+        let written = super::epoch::LeaderEpochCache::load(dir.path()).unwrap();
+        assert_eq!(written.entries(), &[(1, 0), (4, 1)]);
+        // A crash now rescans nothing (the recovery point is the log end): the entries
+        // come from the file.
+        drop(log);
+        let reopened = open(dir.path(), config(), &clock);
+        assert_eq!(reopened.leader_epochs(), &[(1, 0), (4, 1)]);
+    }
 }
 
 #[test]
