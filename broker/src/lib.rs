@@ -10,10 +10,12 @@
 //! - [`cluster`]: metadata: topics, partitions, configs.
 //! - [`server`]: the gRPC and HTTP servers and the broker's life cycle.
 //! - [`config`]: broker settings (flags, `FJORD_*`, TOML) and topic configs.
+//! - [`malloc`]: the glibc malloc settings the `fjord-broker` binary starts itself with.
 
 pub mod cluster;
 pub mod config;
 pub mod group;
+pub mod malloc;
 pub mod partition;
 pub mod server;
 pub mod storage;

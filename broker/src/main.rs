@@ -3,6 +3,7 @@
 use fjord_broker::{Broker, BrokerConfig};
 
 fn main() -> std::process::ExitCode {
+    start_with_malloc_settings();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -36,6 +37,10 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        let variable = fjord_broker::malloc::VARIABLE;
+        if let Some(value) = std::env::var_os(variable) {
+            tracing::info!(glibc_tunables = %value.to_string_lossy(), "malloc settings");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down (a second signal exits at once)");
         tokio::spawn(async {
@@ -66,4 +71,34 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Starts this binary again with the broker's glibc malloc settings in `GLIBC_TUNABLES`
+/// unless it has them ([`fjord_broker::malloc`]); returns only if it has them, or if the
+/// new start failed (the broker then runs with glibc's defaults, slower).
+fn start_with_malloc_settings() {
+    use std::os::unix::process::CommandExt;
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return;
+    }
+    let variable = fjord_broker::malloc::VARIABLE;
+    let Some(value) = fjord_broker::malloc::tunables(std::env::var_os(variable).as_deref()) else {
+        return;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("fjord-broker: cannot find its own binary ({e}); glibc malloc defaults");
+            return;
+        }
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    // Replaces this process (same pid, descriptors and arguments); returns on failure.
+    let e = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env(variable, value)
+        .exec();
+    eprintln!("fjord-broker: cannot start again with malloc settings ({e}); glibc defaults");
 }

@@ -527,6 +527,54 @@ async fn health_and_metrics_over_http() {
     );
 }
 
+/// The value of the broker's "malloc settings" log line (it follows the listening line).
+fn malloc_settings(broker: &BrokerProcess) -> String {
+    loop {
+        let line = broker
+            .stderr
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a malloc settings line");
+        if line.contains("malloc settings") {
+            let at = line.find("glibc_tunables=").expect("its value") + 15;
+            return line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    }
+}
+
+/// A NUL-separated `/proc/<pid>/cmdline`.
+fn cmdline(pid: u32) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    text.split_terminator('\0').map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_runs_with_its_malloc_settings_and_the_operators_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    // It started itself again with them: the same pid and arguments, and it serves.
+    assert_eq!(
+        malloc_settings(&broker),
+        "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=16777216"
+    );
+    let args = cmdline(broker.pid());
+    assert!(args[0].ends_with("fjord-broker"), "{args:?}");
+    assert_eq!(args[1..3], ["--data-dir", &*dir.path().to_string_lossy()]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "m", 1, &[]).await;
+    drop(broker);
+
+    let dir = tempfile::tempdir().unwrap();
+    let operator = [("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000")];
+    let broker = BrokerProcess::start_with_env(dir.path(), &[], &operator);
+    assert_eq!(
+        malloc_settings(&broker),
+        "glibc.malloc.trim_threshold=1000:glibc.malloc.mmap_threshold=33554432"
+    );
+    let mut client = broker.client().await;
+    create_topic(&mut client, "m", 1, &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_embedded_in_a_program() {
     let dir = tempfile::tempdir().unwrap();

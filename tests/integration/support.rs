@@ -56,6 +56,8 @@ pub struct BrokerProcess {
     /// The broker's log lines after the listening line.
     pub stderr: mpsc::Receiver<String>,
     extra_args: Vec<String>,
+    /// Variables added to the broker's environment.
+    env: Vec<(String, String)>,
 }
 
 impl BrokerProcess {
@@ -71,13 +73,27 @@ impl BrokerProcess {
     }
 
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        Self::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// [`start`](Self::start) with variables added to the broker's environment.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BrokerProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir.to_path_buf(), extra_args, None, None)
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(data_dir.to_path_buf(), extra_args, env, None, None)
     }
 
     fn spawn(
         data_dir: PathBuf,
         extra_args: Vec<String>,
+        env: Vec<(String, String)>,
         kafka_addr: Option<SocketAddr>,
         grpc_addr: Option<SocketAddr>,
     ) -> BrokerProcess {
@@ -91,6 +107,7 @@ impl BrokerProcess {
             .args(["--kafka-addr", &kafka_addr])
             .args(&extra_args)
             .env("FJORD_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -135,6 +152,7 @@ impl BrokerProcess {
             data_dir,
             stderr: rx,
             extra_args,
+            env,
         }
     }
 
@@ -174,7 +192,13 @@ impl BrokerProcess {
     /// Starts again on the same data directory and settings (new ports).
     pub fn restart(self) -> BrokerProcess {
         assert!(self.child.is_none(), "stop or kill it first");
-        Self::spawn(self.data_dir.clone(), self.extra_args.clone(), None, None)
+        Self::spawn(
+            self.data_dir.clone(),
+            self.extra_args.clone(),
+            self.env.clone(),
+            None,
+            None,
+        )
     }
 
     /// Starts again on the same data directory, settings and Kafka port (Kafka clients
@@ -184,6 +208,7 @@ impl BrokerProcess {
         Self::spawn(
             self.data_dir.clone(),
             self.extra_args.clone(),
+            self.env.clone(),
             Some(self.kafka_addr),
             None,
         )
@@ -196,6 +221,7 @@ impl BrokerProcess {
         Self::spawn(
             self.data_dir.clone(),
             self.extra_args.clone(),
+            self.env.clone(),
             Some(self.kafka_addr),
             Some(self.grpc_addr),
         )
