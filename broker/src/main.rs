@@ -81,24 +81,19 @@ fn start_with_malloc_settings() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
     }
-    let variable = fjord_broker::malloc::VARIABLE;
-    let Some(value) = fjord_broker::malloc::tunables(std::env::var_os(variable).as_deref()) else {
+    let Some(value) = fjord_broker::malloc::tunables(|name| std::env::var_os(name)) else {
         return;
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("fjord-broker: cannot find its own binary ({e}); glibc malloc defaults");
-            return;
-        }
-    };
+    // The running file itself, even if its path was replaced meanwhile (an upgrade).
+    let exe = std::path::Path::new("/proc/self/exe");
     let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let arg0 = args.next().unwrap_or_else(|| "fjord-broker".into());
     // Replaces this process (same pid, descriptors and arguments); returns on failure.
-    let e = std::process::Command::new(&exe)
+    let e = std::process::Command::new(exe)
         .arg0(arg0)
         .args(args)
-        .env(variable, value)
+        .env(fjord_broker::malloc::VARIABLE, value)
+        .env(fjord_broker::malloc::MARKER, "1")
         .exec();
     eprintln!("fjord-broker: cannot start again with malloc settings ({e}); glibc defaults");
 }

@@ -4,18 +4,20 @@
 //! and the append each hold a buffer of about that size for a moment. With glibc's
 //! defaults a worker thread's arena gave the free space at its top back to the kernel
 //! (`heap_trim`, `madvise(MADV_DONTNEED)`) as soon as it passed the trim threshold, and
-//! the next buffers faulted in fresh zeroed pages: 40,000-90,000 page faults per 500 MB
+//! the next buffers faulted in fresh zeroed pages: 34,000-89,000 page faults per 500 MB
 //! produced, a quarter of the broker's CPU in W1 (docs/BENCHMARKS.md, ninth sitting).
-//! Fixed thresholds keep that memory for reuse: at most [`TRIM_THRESHOLD`] of free space
-//! per arena (glibc keeps at most eight arenas per core).
+//! Fixed thresholds keep that memory for reuse: each arena keeps up to
+//! [`TRIM_THRESHOLD`] free at its top (glibc makes at most eight arenas per core, so
+//! 256 MiB on this project's two cores, and more on larger machines).
 //!
 //! glibc reads its settings from `GLIBC_TUNABLES` once, when the process starts, and
 //! changing them later takes `mallopt`, an `unsafe` call this project keeps out of its
-//! code. So the binary starts itself again with the variable set
-//! ([`tunables`] says what it needs); settings an operator gives in `GLIBC_TUNABLES`
-//! win over these.
+//! code. So the binary starts itself again with the variable set ([`tunables`] says
+//! what it needs, and [`MARKER`] that it did so once). Settings an operator gives, in
+//! `GLIBC_TUNABLES` or in glibc's older `MALLOC_MMAP_THRESHOLD_` and
+//! `MALLOC_TRIM_THRESHOLD_`, win over these.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 
 /// Allocations from this size up get their own mapping (glibc's dynamic threshold stops
 /// at the same value, 32 MiB, but starts at 128 KiB).
@@ -27,24 +29,41 @@ pub const TRIM_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// The environment variable glibc reads its tunables from.
 pub const VARIABLE: &str = "GLIBC_TUNABLES";
 
-/// The value `GLIBC_TUNABLES` should have, given its value now: `current` with the
-/// broker's malloc settings added for the ones it does not set. `None` when it sets them
-/// all already (the operator did, or this process was started again with them).
-pub fn tunables(current: Option<&OsStr>) -> Option<OsString> {
+/// Set on the new start: a process that has it never starts again, even where glibc
+/// hides `GLIBC_TUNABLES` from the program (some versions do for privileged binaries).
+pub const MARKER: &str = "FJORD_MALLOC_SETTINGS";
+
+/// The value `GLIBC_TUNABLES` should have, given the environment (`env(name)` is a
+/// variable's value): its value now with the broker's malloc settings added for the
+/// ones the environment does not set. `None` when there is nothing to add (the operator
+/// set them all) or when [`MARKER`] says this process was started again already.
+pub fn tunables(env: impl Fn(&str) -> Option<OsString>) -> Option<OsString> {
+    // (tunable, glibc's older variable for it, the broker's setting)
     let wanted = [
-        ("glibc.malloc.mmap_threshold", MMAP_THRESHOLD),
-        ("glibc.malloc.trim_threshold", TRIM_THRESHOLD),
+        (
+            "glibc.malloc.mmap_threshold",
+            "MALLOC_MMAP_THRESHOLD_",
+            MMAP_THRESHOLD,
+        ),
+        (
+            "glibc.malloc.trim_threshold",
+            "MALLOC_TRIM_THRESHOLD_",
+            TRIM_THRESHOLD,
+        ),
     ];
-    let current = current.unwrap_or_default();
-    let text = current.to_string_lossy();
+    if env(MARKER).is_some() {
+        return None;
+    }
+    let current = env(VARIABLE).unwrap_or_default();
+    let text = current.to_string_lossy().into_owned();
     let set = |name: &str| {
         text.split(':')
             .any(|item| item.split_once('=').is_some_and(|(key, _)| key == name))
     };
-    let mut value = current.to_os_string();
+    let mut value = current;
     let mut added = false;
-    for (name, setting) in wanted {
-        if set(name) {
+    for (name, legacy, setting) in wanted {
+        if set(name) || env(legacy).is_some() {
             continue;
         }
         if !value.is_empty() {
@@ -62,8 +81,18 @@ mod tests {
 
     const OURS: &str = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=16777216";
 
+    /// With `GLIBC_TUNABLES` set to `current` and the other variables in `others`.
+    fn with(current: Option<&str>, others: &[&str]) -> Option<String> {
+        let env = |name: &str| match name {
+            VARIABLE => current.map(OsString::from),
+            name if others.contains(&name) => Some(OsString::from("1")),
+            _ => None,
+        };
+        tunables(env).map(|v| v.into_string().unwrap())
+    }
+
     fn of(current: Option<&str>) -> Option<String> {
-        tunables(current.map(OsStr::new)).map(|v| v.into_string().unwrap())
+        with(current, &[])
     }
 
     #[test]
@@ -87,6 +116,22 @@ mod tests {
             of(Some("glibc.malloc.mmap_threshold_x=1")),
             Some(format!("glibc.malloc.mmap_threshold_x=1:{OURS}"))
         );
+    }
+
+    #[test]
+    fn the_older_variables_count_as_set() {
+        assert_eq!(
+            with(None, &["MALLOC_TRIM_THRESHOLD_"]).as_deref(),
+            Some("glibc.malloc.mmap_threshold=33554432")
+        );
+        let both = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"];
+        assert_eq!(with(Some("glibc.malloc.arena_max=2"), &both), None);
+    }
+
+    #[test]
+    fn never_twice_even_when_the_variable_is_hidden() {
+        assert_eq!(with(None, &[MARKER]), None);
+        assert_eq!(with(Some("glibc.malloc.arena_max=2"), &[MARKER]), None);
     }
 
     #[test]

@@ -528,6 +528,7 @@ async fn health_and_metrics_over_http() {
 }
 
 /// The value of the broker's "malloc settings" log line (it follows the listening line).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn malloc_settings(broker: &BrokerProcess) -> String {
     loop {
         let line = broker
@@ -542,12 +543,16 @@ fn malloc_settings(broker: &BrokerProcess) -> String {
 }
 
 /// A NUL-separated `/proc/<pid>/cmdline`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn cmdline(pid: u32) -> Vec<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     text.split_terminator('\0').map(str::to_string).collect()
 }
 
+/// It checks the variable the broker started again with, not what glibc made of it (a
+/// misspelled tunable would pass): the W1 figures in docs/BENCHMARKS.md check that.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_runs_with_its_malloc_settings_and_the_operators_win() {
     let dir = tempfile::tempdir().unwrap();
@@ -558,7 +563,9 @@ async fn the_broker_runs_with_its_malloc_settings_and_the_operators_win() {
         "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=16777216"
     );
     let args = cmdline(broker.pid());
-    assert!(args[0].ends_with("fjord-broker"), "{args:?}");
+    // Started again from /proc/self/exe, under the name it was started by.
+    let started_as = crate::support::binary("fjord-broker");
+    assert_eq!(args[0], started_as.to_string_lossy(), "{args:?}");
     assert_eq!(args[1..3], ["--data-dir", &*dir.path().to_string_lossy()]);
     let mut client = broker.client().await;
     create_topic(&mut client, "m", 1, &[]).await;

@@ -107,6 +107,9 @@ impl BrokerProcess {
             .args(["--kafka-addr", &kafka_addr])
             .args(&extra_args)
             .env("FJORD_LOG", "info")
+            // The broker's malloc settings are tested as they are by default.
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove("FJORD_MALLOC_SETTINGS")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -174,7 +174,7 @@ pub(super) fn refuse(status: Status) -> Status {
 impl FjordService {
     /// Appends one produce request. `pipelined` (a produce stream): an acks=all append
     /// returns at once with what waits for its fsync (the answer is due after it);
-    /// otherwise the fsync is waited for here, in the append's own blocking hop.
+    /// otherwise the fsync is waited for here, on the durable-offset watch.
     async fn append(
         &self,
         r: v1::ProduceRequest,
