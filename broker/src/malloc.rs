@@ -4,7 +4,7 @@
 //! and the append each hold a buffer of about that size for a moment. With glibc's
 //! defaults a worker thread's arena gave the free space at its top back to the kernel
 //! (`heap_trim`, `madvise(MADV_DONTNEED)`) as soon as it passed the trim threshold, and
-//! the next buffers faulted in fresh zeroed pages: 34,000-89,000 page faults per 500 MB
+//! the next buffers faulted in fresh zeroed pages: 28,000-89,000 page faults per 500 MB
 //! produced, a quarter of the broker's CPU in W1 (docs/BENCHMARKS.md, ninth sitting).
 //! Fixed thresholds keep that memory for reuse: each arena keeps up to
 //! [`TRIM_THRESHOLD`] free at its top (glibc makes at most eight arenas per core, so
