@@ -48,7 +48,8 @@ pub struct FlushPolicy {
 
 /// The largest append [`Partition::produce`] makes on the calling task rather than on a
 /// blocking thread (when it waits for no fsync): a page-cache write, typically a few
-/// hundred microseconds (longer when the kernel throttles a writer for its dirty pages). 2 MiB takes the 1 MiB requests of the Fjord producer and of
+/// hundred microseconds (longer when the kernel throttles a writer for its dirty
+/// pages). 2 MiB takes the 1 MiB requests of the Fjord producer and of
 /// librdkafka (`batch.size` 1,000,000): W5 alternating, 571-608 -> 656-691 MB/s with
 /// 256 KiB before (the hop to a blocking thread and back woke two threads per request).
 pub const INLINE_APPEND_BYTES: usize = 2 * 1024 * 1024;
