@@ -68,7 +68,7 @@ impl StickyPartitioner {
         &mut self,
         topic: &str,
         num_partitions: u32,
-        open_batch: impl Fn(u32) -> Option<u64>,
+        mut open_batch: impl FnMut(u32) -> Option<u64>,
     ) -> u32 {
         if let Some(&(p, batch)) = self.current.get(topic)
             && p < num_partitions

@@ -12,10 +12,12 @@
 //! A request carries every sendable batch, up to `request_bytes`.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_protocol::BatchBuilder;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::pool::BufferPool;
@@ -38,6 +40,9 @@ pub(crate) struct PendingRecord {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
+    /// Bytes of the producer's buffer it holds (taken from the buffer's semaphore), which
+    /// its batch gives back.
+    pub room: u32,
 }
 
 impl PendingRecord {
@@ -65,6 +70,25 @@ pub(crate) struct Batch<T> {
     /// The encoded size so far.
     pub size: usize,
     pub created: Instant,
+    /// Its records' share of the producer's buffer, given back when the batch is dropped.
+    pub room: Room,
+}
+
+/// Bytes of the producer's buffer (permits of its semaphore) that a batch holds for its
+/// records, given back when the batch is dropped: answered, failed or abandoned. One
+/// release per batch instead of one per record, which each took the semaphore's lock.
+#[derive(Debug)]
+pub(crate) struct Room {
+    buffer: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.buffer.add_permits(std::mem::take(&mut self.bytes));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -98,6 +122,8 @@ pub(crate) struct Accumulator<T> {
     outstanding: BTreeSet<u64>,
     /// Where new batches take their buffers from.
     pool: BufferPool,
+    /// Where batches give their records' room back to.
+    buffer: Arc<Semaphore>,
 }
 
 impl<T> Accumulator<T> {
@@ -123,7 +149,20 @@ impl<T> Accumulator<T> {
                 BATCH_OVERHEAD + batch_bytes.min(MAX_BATCH_CAPACITY),
                 pool_bytes,
             ),
+            buffer: Arc::new(Semaphore::new(0)),
         }
+    }
+
+    /// Batches give their records' room back to `buffer` (by default to a semaphore of
+    /// their own).
+    pub(crate) fn giving_room_to(mut self, buffer: Arc<Semaphore>) -> Self {
+        self.buffer = buffer;
+        self
+    }
+
+    /// Gives back the room of a record that joins no batch.
+    pub(crate) fn give_room(&self, bytes: u32) {
+        self.buffer.add_permits(bytes as usize);
     }
 
     /// The pool that new batches take their buffers from; senders give them back.
@@ -163,8 +202,13 @@ impl<T> Accumulator<T> {
                 replies: Vec::with_capacity((self.batch_bytes / size.max(1)).clamp(1, 1024)),
                 size: BATCH_OVERHEAD,
                 created: now,
+                room: Room {
+                    buffer: Arc::clone(&self.buffer),
+                    bytes: 0,
+                },
             }
         });
+        batch.room.bytes += record.room as usize;
         batch.records.push(
             record.timestamp_ms,
             record.key.as_deref(),
@@ -482,5 +526,33 @@ mod tests {
         acc.complete(&tp(1), &[b]);
         assert!(acc.completed_below(flush_below));
         assert!(!acc.is_idle());
+    }
+
+    #[test]
+    fn batches_give_their_records_room_back_when_dropped() {
+        let t0 = Instant::now();
+        let buffer = Arc::new(Semaphore::new(0));
+        let mut acc = Accumulator::new(500, Duration::ZERO, 1 << 20, 1024, 1 << 20)
+            .giving_room_to(Arc::clone(&buffer));
+        let holding = |room| PendingRecord {
+            room,
+            ..record(100)
+        };
+        for i in 0..5 {
+            acc.append(&tp(0), holding(10 + i), i, t0);
+        }
+        acc.give_room(7);
+        assert_eq!(
+            buffer.available_permits(),
+            7,
+            "a record that joined no batch"
+        );
+        let mut batches = acc.drain(t0, 0).remove(0).1;
+        assert_eq!(batches.len(), 2);
+        let second = batches.pop().expect("two");
+        drop(batches);
+        assert_eq!(buffer.available_permits(), 7 + 10 + 11 + 12);
+        drop(second);
+        assert_eq!(buffer.available_permits(), 7 + 10 + 11 + 12 + 13 + 14);
     }
 }

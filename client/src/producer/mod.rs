@@ -140,10 +140,10 @@ enum Outcome {
     Callback(SendCallback),
 }
 
-/// A record's outcome and its share of the buffer, held until then.
+/// Where a record's outcome goes. (Its share of the buffer is held by its batch: see
+/// [`accumulator::Room`].)
 struct Reply {
     to: Outcome,
-    _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Reply {
@@ -232,13 +232,15 @@ impl Producer {
                 // use (without compression, and up to 1 MiB batches: a compressed batch
                 // is a new buffer, and a larger one grows past what the pool keeps).
                 buffer_memory,
-            ),
+            )
+            .giving_room_to(Arc::clone(&room)),
             client,
             channel,
             config,
             sticky: StickyPartitioner::new(seed),
             counts: FastMap::default(),
             unknown: FastMap::default(),
+            probe: TopicPartition::new("", 0),
             flush_waiters: Vec::new(),
             senders: FastMap::default(),
             done_tx,
@@ -330,44 +332,45 @@ impl Producer {
         record: ProducerRecord,
         to: Outcome,
     ) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
-        let input = PendingRecord {
+        let mut input = PendingRecord {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
             key: record.key,
             value: record.value,
             headers: record.headers,
+            room: 0,
         };
         let want = input.size().min(self.buffer_memory) as u32;
-        let command = move |room| Command::Send {
+        input.room = want;
+        let command = Command::Send {
             topic: record.topic,
             partition: record.partition,
             record: input,
-            reply: Reply { to, _room: room },
+            reply: Reply { to },
         };
         // Room now: queued before this returns, so call order is write order. No room:
-        // wait (up to max_block_ms) for acknowledgements to free some.
-        match self.room.clone().try_acquire_many_owned(want) {
-            Ok(room) => {
-                // If the dispatcher is gone, the reply is dropped and the caller hears
-                // ProducerClosed.
-                let _ = self.commands.send(command(room));
+        // wait (up to max_block_ms) for acknowledgements to free some. The permits are
+        // taken out of the semaphore here and given back by the record's batch (one
+        // release per batch, not per record).
+        match self.room.try_acquire_many(want) {
+            Ok(permit) => {
+                permit.forget();
+                queue_command(&self.commands, &self.room, command);
                 None
             }
             Err(_) => {
                 let (room, commands, max_block) =
                     (self.room.clone(), self.commands.clone(), self.max_block);
                 Some(async move {
-                    let room = match tokio::time::timeout(max_block, room.acquire_many_owned(want))
-                        .await
-                    {
-                        Ok(Ok(room)) => room,
+                    match tokio::time::timeout(max_block, room.acquire_many(want)).await {
+                        Ok(Ok(permit)) => permit.forget(),
                         Ok(Err(_)) => return Err(ClientError::ProducerClosed),
                         Err(_) => {
                             return Err(ClientError::BufferFull {
                                 waited_ms: max_block.as_millis() as u64,
                             });
                         }
-                    };
-                    let _ = commands.send(command(room));
+                    }
+                    queue_command(&commands, &room, command);
                     Ok(())
                 })
             }
@@ -390,6 +393,20 @@ impl Producer {
     }
 }
 
+/// Hands a send (whose room is taken) to the dispatcher. If the dispatcher is gone, the
+/// room goes back and the reply is dropped: the caller hears ProducerClosed.
+fn queue_command(
+    commands: &mpsc::UnboundedSender<Command>,
+    room: &tokio::sync::Semaphore,
+    command: Command,
+) {
+    if let Err(unsent) = commands.send(command)
+        && let Command::Send { record, .. } = unsent.0
+    {
+        room.add_permits(record.room as usize);
+    }
+}
+
 /// What a partition's sender reports when a request is done (either way).
 struct Done {
     tp: TopicPartition,
@@ -409,6 +426,9 @@ struct Dispatcher {
     counts: FastMap<String, u32>,
     /// Topics whose lookup failed lately, with the error and until when it stands.
     unknown: FastMap<String, (ClientError, Instant)>,
+    /// A partition of the last topic whose sticky partition was looked up (its name kept
+    /// for the next lookup).
+    probe: TopicPartition,
     /// Flushes waiting for every batch with an id below theirs.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// Each partition's sender task, fed the batches of one request at a time.
@@ -518,6 +538,7 @@ impl Dispatcher {
                     Ok(p) => p,
                     Err(e) => {
                         reply.send(Err(e));
+                        self.acc.give_room(record.room);
                         return;
                     }
                 };
@@ -555,10 +576,15 @@ impl Dispatcher {
         Ok(match key {
             Some(key) => partition_for_key(key, count),
             None => {
-                let acc = &self.acc;
+                // The partitions asked about, named without a new string per record.
+                if self.probe.topic != topic {
+                    topic.clone_into(&mut self.probe.topic);
+                }
+                let (acc, probe) = (&self.acc, &mut self.probe);
                 self.sticky.partition(topic, count, |p| {
+                    probe.partition = p;
                     // A record that would not fit starts a new batch: time to move on.
-                    acc.open_batch_with_room(&TopicPartition::new(topic, p), size)
+                    acc.open_batch_with_room(probe, size)
                 })
             }
         })

@@ -95,6 +95,7 @@ pub async fn run(brokers: &str, args: E2eArgs) -> Result<(), Failure> {
         linger_ms: args.linger_ms,
         batch_bytes: args.batch_bytes,
         compression: args.compression.into(),
+        buffer_memory: BUFFER_BYTES,
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(brokers, config).await?;
@@ -109,7 +110,6 @@ pub async fn run(brokers: &str, args: E2eArgs) -> Result<(), Failure> {
         args.topic.clone(),
         total,
         Some(args.rate),
-        BUFFER_BYTES / args.record_size,
         move |i| {
             let mut stamp = [0u8; 24];
             let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);

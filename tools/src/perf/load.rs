@@ -7,15 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use fjord_client::{ClientError, Producer, ProducerRecord};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::stats::Latencies;
 use crate::output::Failure;
 
-/// Bytes of payload a sender keeps unacknowledged at most, as Kafka's `buffer.memory`
-/// (the client's `send` never blocks: without this, an unlimited run would queue every
-/// record at once).
+/// Bytes of records a producer keeps queued or unacknowledged at most (its
+/// `buffer_memory`, Kafka's `buffer.memory`): the producer's `send` waits for room beyond
+/// that, which is what holds an unlimited run back.
 pub const BUFFER_BYTES: usize = 32 * 1024 * 1024;
 
 /// Random bytes beyond one record's size in the payload pool: each record is a window of
@@ -171,8 +170,8 @@ pub struct Sent {
 }
 
 /// Sends `count` keyless records to `topic`, record `i` with value `value(i)`, at most
-/// `rate` a second (`None`: as fast as the producer takes them) and with at most
-/// `in_flight_max` unacknowledged. Each record's latency runs from just before `send`
+/// `rate` a second (`None`: as fast as the producer takes them; its buffer bounds what is
+/// unacknowledged). Each record's latency runs from just before `send`
 /// until its acknowledgement callback runs (on the producer's task, so sending never
 /// delays it). Stops sending at the first failure. Flushes the producer at the end.
 ///
@@ -183,13 +182,11 @@ pub async fn send_paced<F>(
     topic: String,
     count: u64,
     rate: Option<f64>,
-    in_flight_max: usize,
     mut value: F,
 ) -> Result<Sent, Failure>
 where
     F: FnMut(u64) -> Bytes + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(in_flight_max.max(1)));
     let capacity = usize::try_from(count).unwrap_or(usize::MAX).min(1 << 24);
     let sent = Arc::new(Mutex::new(Sent {
         latencies: Latencies::with_capacity(capacity),
@@ -211,9 +208,6 @@ where
                 if failed.load(Ordering::Relaxed) {
                     break 'send;
                 }
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    break 'send; // never closed
-                };
                 let record = ProducerRecord {
                     topic: topic.clone(),
                     value: Some(value(i)),
@@ -224,7 +218,6 @@ where
                 let queued = producer
                     .send_with(record, move |result| {
                         let latency = start.elapsed();
-                        drop(slot);
                         let mut sent = done.lock().unwrap_or_else(|p| p.into_inner());
                         match result {
                             Ok(_) => sent.latencies.push(latency),

@@ -74,6 +74,7 @@ pub async fn run(brokers: &str, args: ProduceArgs) -> Result<(), Failure> {
         linger_ms: args.linger_ms,
         batch_bytes: args.batch_bytes,
         compression: args.compression.into(),
+        buffer_memory: BUFFER_BYTES,
         ..ProducerConfig::default()
     };
     let mut producers = Vec::new();
@@ -81,7 +82,6 @@ pub async fn run(brokers: &str, args: ProduceArgs) -> Result<(), Failure> {
         producers.push(Producer::connect(brokers, config.clone()).await?);
     }
     let payload = Arc::new(Payload::new(args.record_size));
-    let in_flight_max = BUFFER_BYTES / args.record_size.max(1);
     let n = u64::from(args.producers);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -96,7 +96,6 @@ pub async fn run(brokers: &str, args: ProduceArgs) -> Result<(), Failure> {
             args.topic.clone(),
             share,
             throughput.map(|r| r / n as f64),
-            in_flight_max,
             move |i| payload.window(base + i),
         )));
     }
