@@ -902,6 +902,61 @@ async fn keyless_records_move_on_to_another_partition_when_a_batch_fills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_producer_buffer_gets_its_room_back_from_answered_and_failed_records() {
+    use fjord::client::{ClientError, Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "room", 1, &[]).await;
+    // 16 KiB of buffer, and a send that finds no room fails after 2 s instead of waiting.
+    let config = ProducerConfig {
+        buffer_memory: 16 * 1024,
+        max_block_ms: 2_000,
+        batch_bytes: 4096,
+        linger_ms: 1,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&broker.grpc_addr.to_string(), config)
+        .await
+        .unwrap();
+    let value = || Some(bytes::Bytes::from(vec![b'r'; 1000]));
+    // 40 records to a partition that does not exist: each fails, and its room (not in
+    // any batch) comes back; 40 KiB would not fit otherwise.
+    for _ in 0..40 {
+        let failed = producer
+            .send_to_partition("room", 7, None, value(), vec![])
+            .await;
+        assert!(
+            matches!(failed, Err(ClientError::UnknownPartition(_))),
+            "{failed:?}"
+        );
+    }
+    // 2 MiB through a 16 KiB buffer: every answered batch gives its records' room back.
+    // (`send_with` returns once the record is queued, so the sends keep their order.)
+    let offsets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for _ in 0..2000 {
+        let record = fjord::client::ProducerRecord {
+            topic: "room".into(),
+            value: value(),
+            ..Default::default()
+        };
+        let offsets = std::sync::Arc::clone(&offsets);
+        producer
+            .send_with(record, move |answer| {
+                offsets
+                    .lock()
+                    .unwrap()
+                    .push(answer.expect("answered").offset)
+            })
+            .await
+            .expect("room came back");
+    }
+    producer.flush().await.unwrap();
+    let offsets = offsets.lock().unwrap().clone();
+    assert_eq!(offsets, (0..2000).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_produce_stream_answers_in_order_and_stops_at_the_first_failure() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
