@@ -87,6 +87,15 @@ impl StickyPartitioner {
         p
     }
 
+    /// The partition `topic`'s keyless records stick to and the batch they joined, if a
+    /// record joined one since the partition was picked.
+    pub(crate) fn sticking_to(&self, topic: &str) -> Option<(u32, u64)> {
+        match self.current.get(topic) {
+            Some(&(p, Some(batch))) => Some((p, batch)),
+            _ => None,
+        }
+    }
+
     /// Records that the keyless record just placed on `partition` joined batch `batch`.
     pub(crate) fn joined(&mut self, topic: &str, partition: u32, batch: u64) {
         if let Some(entry) = self.current.get_mut(topic)

@@ -404,6 +404,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn varints_of_every_width_read_back() {
+        let values = [0, 1, -1, 63, -64, 64, -65, 8191, 8192, i64::from(i32::MAX)];
+        let values = values
+            .into_iter()
+            .chain([i64::MAX, i64::MIN, 1 << 62, -(1 << 62)]);
+        for v in values {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, v);
+            assert_eq!(buf.len(), varint_len(v), "{v}");
+            let mut reader = Reader {
+                bytes: buf.freeze(),
+                at: 0,
+            };
+            assert_eq!(reader.varint().expect("a whole varint"), v);
+            assert_eq!(reader.at, varint_len(v));
+        }
+        assert_eq!(varint_len(i64::MIN), 10);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 

@@ -191,7 +191,7 @@ impl<T> Accumulator<T> {
             let full = queue.open.take().expect("checked");
             queue.full.push_back(full);
         }
-        let batch = queue.open.get_or_insert_with(|| {
+        queue.open.get_or_insert_with(|| {
             let id = self.next_id;
             self.next_id += 1;
             self.outstanding.insert(id);
@@ -208,6 +208,35 @@ impl<T> Accumulator<T> {
                 },
             }
         });
+        Self::push(queue, self.batch_bytes, record, reply)
+    }
+
+    /// Adds a record to `tp`'s open batch if that is batch `id` and the record fits in it
+    /// (the sticky partitioner's common case: one lookup, no batch to open); else hands
+    /// the record back.
+    pub(crate) fn append_to_open(
+        &mut self,
+        tp: &TopicPartition,
+        id: u64,
+        record: PendingRecord,
+        reply: T,
+    ) -> Result<u64, (PendingRecord, T)> {
+        let fits = |queue: &Queue<T>| {
+            queue
+                .open
+                .as_ref()
+                .is_some_and(|open| open.id == id && open.size + record.size() <= self.batch_bytes)
+        };
+        match self.queues.get_mut(tp) {
+            Some(queue) if fits(queue) => Ok(Self::push(queue, self.batch_bytes, record, reply)),
+            _ => Err((record, reply)),
+        }
+    }
+
+    /// Adds a record to `queue`'s open batch (there is one, with room for it), which
+    /// joins the full ones once it reaches `batch_bytes`. Returns the batch's id.
+    fn push(queue: &mut Queue<T>, batch_bytes: usize, record: PendingRecord, reply: T) -> u64 {
+        let batch = queue.open.as_mut().expect("an open batch");
         batch.room.bytes += record.room as usize;
         batch.records.push(
             record.timestamp_ms,
@@ -218,7 +247,7 @@ impl<T> Accumulator<T> {
         batch.replies.push(reply);
         batch.size = batch.records.size();
         let id = batch.id;
-        if batch.size >= self.batch_bytes {
+        if batch.size >= batch_bytes {
             let full = queue.open.take().expect("just filled");
             queue.full.push_back(full);
         }
@@ -418,6 +447,36 @@ mod tests {
         assert_eq!(sizes(batches), vec![vec![0, 1, 2], vec![3, 4, 5]]);
         assert!(batches.iter().all(|b| b.size <= 500));
         assert_eq!(acc.open_batch_with_room(&tp(0), 0), Some(2));
+    }
+
+    #[test]
+    fn append_to_open_joins_only_the_named_open_batch_with_room() {
+        let t0 = Instant::now();
+        // As above: three records of 100 bytes fit in a batch, four do not.
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
+        // No queue, no open batch: the record comes back.
+        let back = acc.append_to_open(&tp(0), 0, record(100), 9u32);
+        assert_eq!(back.map_err(|(r, reply)| (r.size(), reply)), Err((136, 9)));
+        let roomy = || PendingRecord {
+            room: 7,
+            ..record(100)
+        };
+        let id = acc.append(&tp(0), roomy(), 0, t0);
+        // Another batch's id, or another partition: back.
+        assert!(acc.append_to_open(&tp(0), id + 1, record(100), 9).is_err());
+        assert!(acc.append_to_open(&tp(1), id, record(100), 9).is_err());
+        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 1).ok(), Some(id));
+        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 2).ok(), Some(id));
+        // A fourth would take the batch over batch_bytes: it does not join.
+        assert_eq!(acc.open_batch_with_room(&tp(0), 136), None);
+        assert!(acc.append_to_open(&tp(0), id, record(100), 3).is_err());
+        let next = acc.append(&tp(0), record(100), 3, t0);
+        assert_ne!(next, id);
+        let sent = acc.drain(t0, 0);
+        assert_eq!(sizes(&sent[0].1), vec![vec![0, 1, 2]]);
+        assert!(sent[0].1[0].size <= 500);
+        // The records' room is held by their batch, however they joined it.
+        assert_eq!(sent[0].1[0].room.bytes, 21);
     }
 
     #[test]

@@ -63,9 +63,14 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The pool lives as long as the process (a perf run makes one or two, of the record
+    /// size plus 64 KiB): a window of a static buffer is cloned and dropped without the
+    /// shared reference count that the sending thread and the producer's task would
+    /// otherwise both write for every record (Kafka's perf test sends one array too).
     pub fn new(size: usize) -> Payload {
+        let pool = SplitMix::from_time().alphanumeric(size + POOL_EXTRA);
         Payload {
-            pool: SplitMix::from_time().alphanumeric(size + POOL_EXTRA).into(),
+            pool: Bytes::from_static(Box::leak(pool.into_boxed_slice())),
             size,
         }
     }
