@@ -456,10 +456,16 @@ impl Dispatcher {
                         // One clock reading per turn: the records of a turn join their
                         // batches within microseconds of each other.
                         let now = Instant::now();
-                        self.handle(command, now).await;
+                        if let Some(command) = self.join_sticky_batch(command) {
+                            self.handle(command, now).await;
+                        }
                         for _ in 1..COMMANDS_PER_TURN {
                             match commands.try_recv() {
-                                Ok(command) => self.handle(command, now).await,
+                                Ok(command) => {
+                                    if let Some(command) = self.join_sticky_batch(command) {
+                                        self.handle(command, now).await;
+                                    }
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -532,15 +538,6 @@ impl Dispatcher {
                 record,
                 reply,
             } => {
-                // Most records are keyless and join the batch their topic sticks to.
-                let (record, reply) = if partition.is_none() && record.key.is_none() {
-                    match self.join_sticky_batch(&topic, record, reply) {
-                        Ok(()) => return,
-                        Err(back) => back,
-                    }
-                } else {
-                    (record, reply)
-                };
                 let size = record.size();
                 let placed = self.place(&topic, partition, record.key.as_deref(), size);
                 let partition = match placed.await {
@@ -562,26 +559,46 @@ impl Dispatcher {
     }
 
     /// Adds a keyless record to the open batch that its topic's keyless records stick to,
-    /// if it fits there: two map lookups instead of the five of the way through
-    /// [`Dispatcher::place`] and [`Accumulator::append`]. Else hands the record back. (A
-    /// sticky partition exists only while the topic's partition count is known and covers
-    /// it: the partitioner forgets a topic whose count changes or goes stale.)
-    fn join_sticky_batch(
-        &mut self,
-        topic: &str,
-        record: PendingRecord,
-        reply: Reply,
-    ) -> std::result::Result<(), (PendingRecord, Reply)> {
-        let Some((partition, batch)) = self.sticky.sticking_to(topic) else {
-            return Err((record, reply));
+    /// if it fits there: two map lookups, outside the async [`Dispatcher::handle`],
+    /// instead of the five of the way through [`Dispatcher::place`] and
+    /// [`Accumulator::append`]. Else hands the command back, as does any other command.
+    /// (A sticky partition exists only while the topic's partition count is known and
+    /// covers it: the partitioner forgets a topic whose count changes or goes stale.)
+    fn join_sticky_batch(&mut self, command: Command) -> Option<Command> {
+        let Command::Send {
+            topic,
+            partition: None,
+            record,
+            reply,
+        } = command
+        else {
+            return Some(command);
+        };
+        let sticking = match record.key {
+            None => self.sticky.sticking_to(&topic),
+            Some(_) => None,
+        };
+        let Some((partition, batch)) = sticking else {
+            return Some(Command::Send {
+                topic,
+                partition: None,
+                record,
+                reply,
+            });
         };
         if self.probe.topic != topic {
             topic.clone_into(&mut self.probe.topic);
         }
         self.probe.partition = partition;
-        self.acc
-            .append_to_open(&self.probe, batch, record, reply)
-            .map(drop)
+        match self.acc.append_to_open(&self.probe, batch, record, reply) {
+            Ok(_) => None,
+            Err((record, reply)) => Some(Command::Send {
+                topic,
+                partition: None,
+                record,
+                reply,
+            }),
+        }
     }
 
     /// The partition of a record (of `size` encoded bytes at most).
