@@ -893,12 +893,19 @@ async fn keyless_records_move_on_to_another_partition_when_a_batch_fills() {
     let sends: Vec<_> = (0..400)
         .map(|_| producer.send("spread", None, Some(vec![b'x'; 100].into()), vec![]))
         .collect();
-    let mut used = std::collections::BTreeSet::new();
+    let mut placed = Vec::new();
     for send in sends {
-        used.insert(send.await.unwrap().partition);
+        placed.push(send.await.unwrap().partition);
     }
+    let used: std::collections::BTreeSet<u32> = placed.iter().copied().collect();
     // About 20 batches of 2 KiB: each full one sends the next records elsewhere.
     assert!(used.len() >= 2, "every keyless record went to {used:?}");
+    // Records stick to a partition until their batch is full (about 17 of ~109 bytes in
+    // 2 KiB): every run of records in one partition but the last fills a batch.
+    let runs: Vec<usize> = placed.chunk_by(|a, b| a == b).map(<[u32]>::len).collect();
+    let (last, full) = runs.split_last().unwrap();
+    assert!(*last <= 20, "{runs:?}");
+    assert!(full.iter().all(|&n| (10..=20).contains(&n)), "{runs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

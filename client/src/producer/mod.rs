@@ -460,13 +460,9 @@ impl Dispatcher {
                             self.handle(command, now).await;
                         }
                         for _ in 1..COMMANDS_PER_TURN {
-                            match commands.try_recv() {
-                                Ok(command) => {
-                                    if let Some(command) = self.join_sticky_batch(command) {
-                                        self.handle(command, now).await;
-                                    }
-                                }
-                                Err(_) => break,
+                            let Ok(command) = commands.try_recv() else { break };
+                            if let Some(command) = self.join_sticky_batch(command) {
+                                self.handle(command, now).await;
                             }
                         }
                     }
@@ -565,40 +561,41 @@ impl Dispatcher {
     /// (A sticky partition exists only while the topic's partition count is known and
     /// covers it: the partitioner forgets a topic whose count changes or goes stale.)
     fn join_sticky_batch(&mut self, command: Command) -> Option<Command> {
-        let Command::Send {
-            topic,
-            partition: None,
-            record,
-            reply,
-        } = command
-        else {
-            return Some(command);
-        };
-        let sticking = match record.key {
-            None => self.sticky.sticking_to(&topic),
-            Some(_) => None,
-        };
-        let Some((partition, batch)) = sticking else {
-            return Some(Command::Send {
+        let sticking = match &command {
+            Command::Send {
                 topic,
                 partition: None,
                 record,
-                reply,
-            });
+                ..
+            } if record.key.is_none() => self.sticky.sticking_to(topic),
+            _ => None,
+        };
+        let Some((partition, batch)) = sticking else {
+            return Some(command);
+        };
+        let Command::Send {
+            topic,
+            record,
+            reply,
+            ..
+        } = command
+        else {
+            unreachable!("matched above");
         };
         if self.probe.topic != topic {
             topic.clone_into(&mut self.probe.topic);
         }
         self.probe.partition = partition;
-        match self.acc.append_to_open(&self.probe, batch, record, reply) {
-            Ok(_) => None,
-            Err((record, reply)) => Some(Command::Send {
-                topic,
-                partition: None,
-                record,
-                reply,
-            }),
-        }
+        let (record, reply) = self
+            .acc
+            .append_to_open(&self.probe, batch, record, reply)
+            .err()?;
+        Some(Command::Send {
+            topic,
+            partition: None,
+            record,
+            reply,
+        })
     }
 
     /// The partition of a record (of `size` encoded bytes at most).
@@ -609,10 +606,7 @@ impl Dispatcher {
         key: Option<&[u8]>,
         size: usize,
     ) -> Result<u32> {
-        let mut count = match self.counts.get(topic) {
-            Some(&n) => n,
-            None => self.partition_count(topic, false).await?,
-        };
+        let mut count = self.partition_count(topic, false).await?;
         if let Some(p) = partition {
             if p >= count {
                 // The topic may have been re-created with more partitions.
