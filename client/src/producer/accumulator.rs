@@ -124,6 +124,8 @@ pub(crate) struct Accumulator<T> {
     pool: BufferPool,
     /// Where batches give their records' room back to.
     buffer: Arc<Semaphore>,
+    /// Whether batches are compressed when sent (their CRC is then taken afterwards).
+    compressed: bool,
 }
 
 impl<T> Accumulator<T> {
@@ -150,7 +152,15 @@ impl<T> Accumulator<T> {
                 pool_bytes,
             ),
             buffer: Arc::new(Semaphore::new(0)),
+            compressed: false,
         }
+    }
+
+    /// Batches that will be compressed when sent: their records' CRC is not kept as
+    /// they are added, since the batch's CRC covers the compressed bytes.
+    pub(crate) fn compressing(mut self, compressed: bool) -> Self {
+        self.compressed = compressed;
+        self
     }
 
     /// Batches give their records' room back to `buffer` (by default to a semaphore of
@@ -195,9 +205,14 @@ impl<T> Accumulator<T> {
             let id = self.next_id;
             self.next_id += 1;
             self.outstanding.insert(id);
+            let records = BatchBuilder::with_buffer(self.pool.take());
             Batch {
                 id,
-                records: BatchBuilder::with_buffer(self.pool.take()),
+                records: if self.compressed {
+                    records.without_running_crc()
+                } else {
+                    records
+                },
                 // Room for as many records of this size as fill the batch.
                 replies: Vec::with_capacity((self.batch_bytes / size.max(1)).clamp(1, 1024)),
                 size: BATCH_OVERHEAD,

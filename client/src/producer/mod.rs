@@ -233,7 +233,8 @@ impl Producer {
                 // is a new buffer, and a larger one grows past what the pool keeps).
                 buffer_memory,
             )
-            .giving_room_to(Arc::clone(&room)),
+            .giving_room_to(Arc::clone(&room))
+            .compressing(config.compression != Compression::None),
             client,
             channel,
             config,
