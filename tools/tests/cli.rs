@@ -586,6 +586,42 @@ mod client {
         assert_eq!(offsets[0].offset, Some(2000));
     }
 
+    /// The first records of a topic wait for its partition count in the producer's task
+    /// while later ones are sent; once the count is known, sends join their batches on the
+    /// sending thread, but only after the queued ones: offsets follow send order across
+    /// the change, on a runtime where the task runs beside the sender.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sends_keep_their_order_when_the_topic_lookup_ends() {
+        let broker = Broker::start();
+        let admin = Admin::connect(&broker.addr).await.unwrap();
+        let config = ProducerConfig {
+            acks: Acks::Leader,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::connect(&broker.addr, config).await.unwrap();
+        // A new topic each round: each starts with a lookup.
+        for round in 0..8 {
+            let topic = format!("o{round}");
+            admin.create_topic(&topic, 1, &[]).await.unwrap();
+            let mut sends = Vec::new();
+            for i in 0..5_000 {
+                let key = (i % 3 == 0).then(|| Bytes::from(format!("k{i}")));
+                sends.push(producer.send(&topic, key, value(&format!("{i}")), vec![]));
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for (i, send) in sends.into_iter().enumerate() {
+                let meta = send.await.unwrap();
+                assert_eq!(
+                    (meta.partition, meta.offset),
+                    (0, i as i64),
+                    "{topic}: send {i}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn keyed_records_go_to_the_murmur2_partition_and_keyless_ones_stick() {
         let broker = Broker::start();

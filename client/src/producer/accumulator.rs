@@ -180,8 +180,8 @@ impl<T> Accumulator<T> {
         &self.pool
     }
 
-    /// Adds a record to `tp`'s open batch (opening one if needed). Returns the id of the
-    /// batch it joined.
+    /// [`append_telling`](Self::append_telling) for tests: the batch's id only.
+    #[cfg(test)]
     pub(crate) fn append(
         &mut self,
         tp: &TopicPartition,
@@ -189,6 +189,19 @@ impl<T> Accumulator<T> {
         reply: T,
         now: Instant,
     ) -> u64 {
+        self.append_telling(tp, record, reply, now).0
+    }
+
+    /// Adds a record to `tp`'s open batch (opening one if needed). Returns the id of the
+    /// batch it joined, and whether a batch opened or filled (so that whoever sends
+    /// batches has a new linger deadline or a batch to send).
+    pub(crate) fn append_telling(
+        &mut self,
+        tp: &TopicPartition,
+        record: PendingRecord,
+        reply: T,
+        now: Instant,
+    ) -> (u64, bool) {
         let size = record.size();
         // Looked up before it is inserted: no copy of the topic name per record.
         if !self.queues.contains_key(tp) {
@@ -201,6 +214,7 @@ impl<T> Accumulator<T> {
             let full = queue.open.take().expect("checked");
             queue.full.push_back(full);
         }
+        let opened = queue.open.is_none();
         queue.open.get_or_insert_with(|| {
             let id = self.next_id;
             self.next_id += 1;
@@ -223,19 +237,21 @@ impl<T> Accumulator<T> {
                 },
             }
         });
-        Self::push(queue, self.batch_bytes, record, reply)
+        let id = Self::push(queue, self.batch_bytes, record, reply);
+        (id, opened || queue.open.is_none())
     }
 
     /// Adds a record to `tp`'s open batch if that is batch `id` and the record fits in it
-    /// (the sticky partitioner's common case: one lookup, no batch to open); else hands
-    /// the record back.
+    /// (the sticky partitioner's common case: one lookup, no batch to open), and tells
+    /// whether that filled the batch (it is then ready to send); else hands the record
+    /// back.
     pub(crate) fn append_to_open(
         &mut self,
         tp: &TopicPartition,
         id: u64,
         record: PendingRecord,
         reply: T,
-    ) -> Result<u64, (PendingRecord, T)> {
+    ) -> Result<bool, (PendingRecord, T)> {
         let fits = |queue: &Queue<T>| {
             queue
                 .open
@@ -243,7 +259,10 @@ impl<T> Accumulator<T> {
                 .is_some_and(|open| open.id == id && open.size + record.size() <= self.batch_bytes)
         };
         match self.queues.get_mut(tp) {
-            Some(queue) if fits(queue) => Ok(Self::push(queue, self.batch_bytes, record, reply)),
+            Some(queue) if fits(queue) => {
+                Self::push(queue, self.batch_bytes, record, reply);
+                Ok(queue.open.is_none())
+            }
             _ => Err((record, reply)),
         }
     }
@@ -480,8 +499,8 @@ mod tests {
         // Another batch's id, or another partition: back.
         assert!(acc.append_to_open(&tp(0), id + 1, record(100), 9).is_err());
         assert!(acc.append_to_open(&tp(1), id, record(100), 9).is_err());
-        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 1).ok(), Some(id));
-        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 2).ok(), Some(id));
+        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 1).ok(), Some(false));
+        assert_eq!(acc.append_to_open(&tp(0), id, roomy(), 2).ok(), Some(false));
         // A fourth would take the batch over batch_bytes: it does not join.
         assert_eq!(acc.open_batch_with_room(&tp(0), 136), None);
         assert!(acc.append_to_open(&tp(0), id, record(100), 3).is_err());
@@ -492,6 +511,39 @@ mod tests {
         assert!(sent[0].1[0].size <= 500);
         // The records' room is held by their batch, however they joined it.
         assert_eq!(sent[0].1[0].room.bytes, 21);
+    }
+
+    #[test]
+    fn an_append_tells_when_a_batch_opens_or_fills() {
+        let t0 = Instant::now();
+        // As above: three records of 100 bytes fit in a batch, four do not.
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
+        let (first, news) = acc.append_telling(&tp(0), record(100), 0u32, t0);
+        assert!(news, "the first record opens a batch");
+        assert_eq!(
+            acc.append_telling(&tp(0), record(100), 1, t0),
+            (first, false)
+        );
+        assert_eq!(
+            acc.append_telling(&tp(0), record(100), 2, t0),
+            (first, false)
+        );
+        let (second, news) = acc.append_telling(&tp(0), record(100), 3, t0);
+        assert!(
+            second != first && news,
+            "a record that does not fit opens a batch"
+        );
+        // A record that takes its batch to batch_bytes fills it: ready without linger.
+        let (third, news) = acc.append_telling(&tp(1), record(1000), 4, t0);
+        assert!(news);
+        assert_eq!(acc.open_batch_with_room(&tp(1), 0), None);
+        let sent = acc.drain(t0, 0);
+        let mut ready: Vec<u64> = sent
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|b| b.id))
+            .collect();
+        ready.sort_unstable();
+        assert_eq!(ready, vec![first, third]);
     }
 
     #[test]

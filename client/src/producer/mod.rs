@@ -1,23 +1,28 @@
 //! [`Producer`]: batching, partitioning and retrying sends.
 //!
-//! `send` only queues a command to a background task (the *dispatcher*), so the order of
-//! `send` calls is the order of the records in their partition, whenever the returned
-//! futures are awaited. The dispatcher places each record (explicit partition, murmur2 of
-//! the key, or sticky for keyless records), adds it to the [`accumulator`], and starts one
-//! request task per partition with sendable batches; the task retries retriable errors with
-//! backoff, completes the records' futures, and reports back so the partition's next
-//! request can go.
+//! A send whose topic's partition count is known is placed (explicit partition, murmur2
+//! of the key, or sticky for keyless records) and added to its batch in the
+//! [`accumulator`] on the sending thread, under a lock shared with a background task (the
+//! *dispatcher*), as Kafka's `RecordAccumulator` does. Any other send (its topic not yet
+//! looked up, or a partition beyond the known count) is queued to the dispatcher as a
+//! command, which looks it up; while such commands are queued, later sends queue behind
+//! them. So the order of `send` calls is the order of the records in their partition,
+//! whenever the returned futures are awaited. The dispatcher, woken when a batch opens or
+//! fills, starts one request task per partition with sendable batches; the task retries
+//! retriable errors with backoff, completes the records' futures, and reports back so the
+//! partition's next request can go.
 
 pub(crate) mod accumulator;
 mod pool;
 mod sender;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::TopicPartition;
@@ -27,6 +32,7 @@ use crate::error::{ClientError, Result};
 use crate::hash::FastMap;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
 use accumulator::{Accumulator, Batch, PendingRecord};
+use pool::BufferPool;
 use sender::Sender;
 use tonic::transport::Channel;
 
@@ -173,16 +179,238 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// What the producer's handles and its dispatcher share. A send whose topic's partition
+/// count is known is placed and added to its batch on the sending thread, as in Kafka's
+/// `RecordAccumulator`, without a command to the dispatcher, its wake-up, and the frees
+/// of the command on the dispatcher's thread; the dispatcher hears only of batches that
+/// opened or filled.
+struct Shared {
+    acc: Accumulator<Reply>,
+    sticky: StickyPartitioner,
+    /// A partition of the last topic whose sticky partition was looked up (its name kept
+    /// for the next lookup).
+    probe: TopicPartition,
+    /// Partition counts per topic (looked up by the dispatcher).
+    counts: FastMap<String, u32>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// The shared state. A panic while it is held ends the dispatcher, whose closed channel
+/// then stops the handles from using it, so a poisoned lock is taken as it is.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What became of a send offered to [`Shared`].
+enum Appended {
+    /// It is in its batch; `true` when a batch opened or filled (news for the dispatcher).
+    Here(bool),
+    /// It needs the dispatcher.
+    NotHere(Command),
+}
+
+impl Shared {
+    /// Adds a send to its batch if that needs no lookup: the topic's partition count is
+    /// known (and covers an explicit partition). Tells whether a batch opened or filled.
+    /// Else hands the command back, as any other command.
+    fn append_known(&mut self, command: Command) -> Appended {
+        let command = match self.join_sticky_batch(command) {
+            Appended::NotHere(command) => command,
+            here => return here,
+        };
+        let Command::Send {
+            topic, partition, ..
+        } = &command
+        else {
+            return Appended::NotHere(command);
+        };
+        match (self.counts.get(topic), partition) {
+            (Some(&count), Some(p)) if *p < count => {}
+            (Some(_), None) => {}
+            _ => return Appended::NotHere(command),
+        }
+        let Command::Send {
+            topic,
+            partition,
+            record,
+            reply,
+        } = command
+        else {
+            unreachable!("matched above");
+        };
+        let count = self.counts[&topic];
+        let partition = self.place(
+            &topic,
+            partition,
+            record.key.as_deref(),
+            record.size(),
+            count,
+        );
+        Appended::Here(self.append(topic, partition, record, reply, Instant::now()))
+    }
+
+    /// Adds a keyless record to the open batch that its topic's keyless records stick
+    /// to, if it fits there: two map lookups, and no clock reading. Tells whether that
+    /// filled the batch. Else hands the command back.
+    /// (A sticky partition exists only while the topic's partition count is known and
+    /// covers it: the partitioner forgets a topic whose count changes or goes stale.)
+    fn join_sticky_batch(&mut self, command: Command) -> Appended {
+        let sticking = match &command {
+            Command::Send {
+                topic,
+                partition: None,
+                record,
+                ..
+            } if record.key.is_none() => self.sticky.sticking_to(topic),
+            _ => None,
+        };
+        let Some((partition, batch)) = sticking else {
+            return Appended::NotHere(command);
+        };
+        let Command::Send {
+            topic,
+            record,
+            reply,
+            ..
+        } = command
+        else {
+            unreachable!("matched above");
+        };
+        if self.probe.topic != topic {
+            topic.clone_into(&mut self.probe.topic);
+        }
+        self.probe.partition = partition;
+        match self.acc.append_to_open(&self.probe, batch, record, reply) {
+            Ok(filled) => Appended::Here(filled),
+            Err((record, reply)) => Appended::NotHere(Command::Send {
+                topic,
+                partition: None,
+                record,
+                reply,
+            }),
+        }
+    }
+
+    /// The partition of a record (of `size` encoded bytes at most) of a topic with
+    /// `count` partitions; an explicit `partition` is below `count`.
+    fn place(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        size: usize,
+        count: u32,
+    ) -> u32 {
+        match (partition, key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, count),
+            (None, None) => {
+                let Shared {
+                    acc, sticky, probe, ..
+                } = self;
+                // The partitions asked about, named without a new string per record.
+                if probe.topic != topic {
+                    topic.clone_into(&mut probe.topic);
+                }
+                sticky.partition(topic, count, |p| {
+                    probe.partition = p;
+                    // A record that would not fit starts a new batch: time to move on.
+                    acc.open_batch_with_room(probe, size)
+                })
+            }
+        }
+    }
+
+    /// Adds a placed record to its partition's batch. Tells whether a batch opened or
+    /// filled.
+    fn append(
+        &mut self,
+        topic: String,
+        partition: u32,
+        record: PendingRecord,
+        reply: Reply,
+        now: Instant,
+    ) -> bool {
+        let keyless = record.key.is_none();
+        let tp = TopicPartition { topic, partition };
+        let (batch, news) = self.acc.append_telling(&tp, record, reply, now);
+        if keyless {
+            self.sticky.joined(&tp.topic, partition, batch);
+        }
+        news
+    }
+}
+
 /// Sends records in batches. Cheap to clone (clones share the batches and the
 /// connection). Dropping every clone sends what is pending in the background; call
 /// [`Producer::flush`] (or [`Producer::close`]) to wait for it.
 #[derive(Debug, Clone)]
 pub struct Producer {
-    commands: mpsc::UnboundedSender<Command>,
+    intake: Intake,
     /// `buffer_memory` bytes of permits.
     room: Arc<tokio::sync::Semaphore>,
     max_block: Duration,
     buffer_memory: usize,
+}
+
+/// Where a producer's sends go: into their batches on the sending thread when no lookup
+/// is needed, else to the dispatcher.
+#[derive(Debug, Clone)]
+struct Intake {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Send commands queued and not yet handled by the dispatcher: while there are any,
+    /// a record must queue behind them rather than join a batch itself.
+    unhandled: Arc<AtomicUsize>,
+    /// The batches and the partitioners' state, shared with the dispatcher.
+    shared: Arc<Mutex<Shared>>,
+    /// Wakes the dispatcher when a batch opened (a new linger deadline) or filled.
+    wake: Arc<Notify>,
+}
+
+impl Intake {
+    /// Adds a send (whose room is taken) to its batch, or hands it to the dispatcher.
+    fn send(&self, room: &tokio::sync::Semaphore, command: Command) {
+        if let Some(command) = self.append_here(command) {
+            self.queue(room, command);
+        }
+    }
+
+    /// [`Shared::append_known`] on the sending thread, when the dispatcher has handled
+    /// every send queued before (else the record queues behind them, to keep the order of
+    /// the calls) and still runs.
+    fn append_here(&self, command: Command) -> Option<Command> {
+        if self.unhandled.load(Ordering::Acquire) != 0 || self.commands.is_closed() {
+            return Some(command);
+        }
+        let appended = lock(&self.shared).append_known(command);
+        match appended {
+            Appended::Here(news) => {
+                if news {
+                    self.wake.notify_one();
+                }
+                None
+            }
+            Appended::NotHere(command) => Some(command),
+        }
+    }
+
+    /// Hands a send to the dispatcher, counted in `unhandled` until it is handled. If the
+    /// dispatcher is gone, the room goes back and the reply is dropped: the caller hears
+    /// ProducerClosed.
+    fn queue(&self, room: &tokio::sync::Semaphore, command: Command) {
+        self.unhandled.fetch_add(1, Ordering::AcqRel);
+        if let Err(unsent) = self.commands.send(command)
+            && let Command::Send { record, .. } = unsent.0
+        {
+            self.unhandled.fetch_sub(1, Ordering::AcqRel);
+            room.add_permits(record.room as usize);
+        }
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -222,7 +450,7 @@ impl Producer {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let dispatcher = Dispatcher {
+        let shared = Arc::new(Mutex::new(Shared {
             acc: Accumulator::new(
                 config.batch_bytes,
                 Duration::from_millis(config.linger_ms),
@@ -235,13 +463,21 @@ impl Producer {
             )
             .giving_room_to(Arc::clone(&room))
             .compressing(config.compression != Compression::None),
+            sticky: StickyPartitioner::new(seed),
+            probe: TopicPartition::new("", 0),
+            counts: FastMap::default(),
+        }));
+        let (unhandled, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let pool = lock(&shared).acc.pool().clone();
+        let dispatcher = Dispatcher {
+            shared: Arc::clone(&shared),
+            unhandled: Arc::clone(&unhandled),
+            wake: Arc::clone(&wake),
+            pool,
             client,
             channel,
             config,
-            sticky: StickyPartitioner::new(seed),
-            counts: FastMap::default(),
             unknown: FastMap::default(),
-            probe: TopicPartition::new("", 0),
             flush_waiters: Vec::new(),
             senders: FastMap::default(),
             done_tx,
@@ -249,7 +485,12 @@ impl Producer {
         };
         tokio::spawn(dispatcher.run(rx));
         Producer {
-            commands,
+            intake: Intake {
+                commands,
+                unhandled,
+                shared,
+                wake,
+            },
             room,
             max_block,
             buffer_memory,
@@ -355,12 +596,12 @@ impl Producer {
         match self.room.try_acquire_many(want) {
             Ok(permit) => {
                 permit.forget();
-                queue_command(&self.commands, &self.room, command);
+                self.intake.send(&self.room, command);
                 None
             }
             Err(_) => {
-                let (room, commands, max_block) =
-                    (self.room.clone(), self.commands.clone(), self.max_block);
+                let (room, intake, max_block) =
+                    (self.room.clone(), self.intake.clone(), self.max_block);
                 Some(async move {
                     match tokio::time::timeout(max_block, room.acquire_many(want)).await {
                         Ok(Ok(permit)) => permit.forget(),
@@ -371,7 +612,7 @@ impl Producer {
                             });
                         }
                     }
-                    queue_command(&commands, &room, command);
+                    intake.send(&room, command);
                     Ok(())
                 })
             }
@@ -382,7 +623,8 @@ impl Producer {
     /// of them are acknowledged or failed (each one's own future tells which).
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.commands
+        self.intake
+            .commands
             .send(Command::Flush(tx))
             .map_err(|_| ClientError::ProducerClosed)?;
         rx.await.map_err(|_| ClientError::ProducerClosed)
@@ -391,20 +633,6 @@ impl Producer {
     /// Flushes, then drops this handle.
     pub async fn close(self) -> Result<()> {
         self.flush().await
-    }
-}
-
-/// Hands a send (whose room is taken) to the dispatcher. If the dispatcher is gone, the
-/// room goes back and the reply is dropped: the caller hears ProducerClosed.
-fn queue_command(
-    commands: &mpsc::UnboundedSender<Command>,
-    room: &tokio::sync::Semaphore,
-    command: Command,
-) {
-    if let Err(unsent) = commands.send(command)
-        && let Command::Send { record, .. } = unsent.0
-    {
-        room.add_permits(record.room as usize);
     }
 }
 
@@ -421,15 +649,17 @@ struct Dispatcher {
     /// The connection, for the partitions' produce streams.
     channel: Channel,
     config: ProducerConfig,
-    acc: Accumulator<Reply>,
-    sticky: StickyPartitioner,
-    /// Partition counts per topic.
-    counts: FastMap<String, u32>,
+    /// The batches and the sticky partitioner, shared with the producer's handles. Never
+    /// held across an await.
+    shared: Arc<Mutex<Shared>>,
+    /// Send commands queued and not yet handled (see [`Producer`]).
+    unhandled: Arc<AtomicUsize>,
+    /// Rung when a handle filled a batch.
+    wake: Arc<Notify>,
+    /// The pool that new batches take their buffers from; senders give them back.
+    pool: BufferPool,
     /// Topics whose lookup failed lately, with the error and until when it stands.
     unknown: FastMap<String, (ClientError, Instant)>,
-    /// A partition of the last topic whose sticky partition was looked up (its name kept
-    /// for the next lookup).
-    probe: TopicPartition,
     /// Flushes waiting for every batch with an id below theirs.
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// Each partition's sender task, fed the batches of one request at a time.
@@ -442,14 +672,15 @@ impl Dispatcher {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut closing = false;
         loop {
-            let deadline = self.acc.next_deadline();
+            let deadline = lock(&self.shared).acc.next_deadline();
             tokio::select! {
                 biased;
                 Some(done) = self.done_rx.recv() => {
-                    self.acc.complete(&done.tp, &done.ids);
+                    let mut shared = lock(&self.shared);
+                    shared.acc.complete(&done.tp, &done.ids);
                     if done.stale_metadata {
-                        self.counts.remove(&done.tp.topic);
-                        self.sticky.forget(&done.tp.topic);
+                        shared.counts.remove(&done.tp.topic);
+                        shared.sticky.forget(&done.tp.topic);
                     }
                 }
                 command = commands.recv(), if !closing => match command {
@@ -457,18 +688,15 @@ impl Dispatcher {
                         // One clock reading per turn: the records of a turn join their
                         // batches within microseconds of each other.
                         let now = Instant::now();
-                        if let Some(command) = self.join_sticky_batch(command) {
-                            self.handle(command, now).await;
-                        }
+                        self.take(command, now).await;
                         for _ in 1..COMMANDS_PER_TURN {
                             let Ok(command) = commands.try_recv() else { break };
-                            if let Some(command) = self.join_sticky_batch(command) {
-                                self.handle(command, now).await;
-                            }
+                            self.take(command, now).await;
                         }
                     }
                     None => closing = true,
                 },
+                () = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() => {}
             }
@@ -477,19 +705,35 @@ impl Dispatcher {
             } else {
                 self.flush_waiters.iter().map(|w| w.0).max().unwrap_or(0)
             };
-            for (tp, batches) in self.acc.drain(Instant::now(), force_below) {
+            let ready = lock(&self.shared).acc.drain(Instant::now(), force_below);
+            for (tp, batches) in ready {
                 self.send(tp, batches);
             }
-            let acc = &self.acc;
+            let shared = lock(&self.shared);
             for (_, tx) in self
                 .flush_waiters
-                .extract_if(.., |w| acc.completed_below(w.0))
+                .extract_if(.., |w| shared.acc.completed_below(w.0))
             {
                 let _ = tx.send(());
             }
-            if closing && self.acc.is_idle() {
+            if closing && shared.acc.is_idle() {
                 break;
             }
+        }
+    }
+
+    /// Handles one command off the channel: a send that needs no lookup is added before
+    /// the async [`Dispatcher::handle`] (whose state machine the common record would
+    /// otherwise pay for). A send stops counting as unhandled once its record is in a
+    /// batch (or answered).
+    async fn take(&mut self, command: Command, now: Instant) {
+        let is_send = matches!(command, Command::Send { .. });
+        let appended = lock(&self.shared).append_known(command);
+        if let Appended::NotHere(command) = appended {
+            self.handle(command, now).await;
+        }
+        if is_send {
+            self.unhandled.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -499,7 +743,7 @@ impl Dispatcher {
             let (tx, rx) = mpsc::unbounded_channel();
             let sender = Sender {
                 channel: self.channel.clone(),
-                pool: self.acc.pool().clone(),
+                pool: self.pool.clone(),
                 config: self.config.clone(),
                 tp: tp.clone(),
                 done: self.done_tx.clone(),
@@ -515,15 +759,16 @@ impl Dispatcher {
             for batch in unsent.0 {
                 sender::fail(batch, ClientError::ProducerClosed);
             }
-            self.acc.complete(&tp, &ids);
+            lock(&self.shared).acc.complete(&tp, &ids);
         }
     }
 
     async fn handle(&mut self, command: Command, now: Instant) {
         match command {
             Command::Flush(tx) => {
-                let below = self.acc.next_id();
-                if self.acc.completed_below(below) {
+                let shared = lock(&self.shared);
+                let below = shared.acc.next_id();
+                if shared.acc.completed_below(below) {
                     let _ = tx.send(());
                 } else {
                     self.flush_waiters.push((below, tx));
@@ -534,83 +779,27 @@ impl Dispatcher {
                 partition,
                 record,
                 reply,
-            } => {
-                let size = record.size();
-                let placed = self.place(&topic, partition, record.key.as_deref(), size);
-                let partition = match placed.await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        reply.send(Err(e));
-                        self.acc.give_room(record.room);
-                        return;
-                    }
-                };
-                let keyless = record.key.is_none();
-                let tp = TopicPartition { topic, partition };
-                let batch = self.acc.append(&tp, record, reply, now);
-                if keyless {
-                    self.sticky.joined(&tp.topic, partition, batch);
+            } => match self.checked_count(&topic, partition).await {
+                Ok(count) => {
+                    let mut shared = lock(&self.shared);
+                    let key = record.key.as_deref();
+                    let partition = shared.place(&topic, partition, key, record.size(), count);
+                    shared.append(topic, partition, record, reply, now);
                 }
-            }
+                Err(e) => {
+                    reply.send(Err(e));
+                    lock(&self.shared).acc.give_room(record.room);
+                }
+            },
         }
     }
 
-    /// Adds a keyless record to the open batch that its topic's keyless records stick to,
-    /// if it fits there: two map lookups, outside the async [`Dispatcher::handle`],
-    /// instead of the five of the way through [`Dispatcher::place`] and
-    /// [`Accumulator::append`]. Else hands the command back, as does any other command.
-    /// (A sticky partition exists only while the topic's partition count is known and
-    /// covers it: the partitioner forgets a topic whose count changes or goes stale.)
-    fn join_sticky_batch(&mut self, command: Command) -> Option<Command> {
-        let sticking = match &command {
-            Command::Send {
-                topic,
-                partition: None,
-                record,
-                ..
-            } if record.key.is_none() => self.sticky.sticking_to(topic),
-            _ => None,
-        };
-        let Some((partition, batch)) = sticking else {
-            return Some(command);
-        };
-        let Command::Send {
-            topic,
-            record,
-            reply,
-            ..
-        } = command
-        else {
-            unreachable!("matched above");
-        };
-        if self.probe.topic != topic {
-            topic.clone_into(&mut self.probe.topic);
-        }
-        self.probe.partition = partition;
-        let (record, reply) = self
-            .acc
-            .append_to_open(&self.probe, batch, record, reply)
-            .err()?;
-        Some(Command::Send {
-            topic,
-            partition: None,
-            record,
-            reply,
-        })
-    }
-
-    /// The partition of a record (of `size` encoded bytes at most).
-    async fn place(
-        &mut self,
-        topic: &str,
-        partition: Option<u32>,
-        key: Option<&[u8]>,
-        size: usize,
-    ) -> Result<u32> {
+    /// The partition count of `topic`, looked up if unknown, and looked up again if an
+    /// explicit `partition` is beyond it (the topic may have been re-created with more).
+    async fn checked_count(&mut self, topic: &str, partition: Option<u32>) -> Result<u32> {
         let mut count = self.partition_count(topic, false).await?;
         if let Some(p) = partition {
             if p >= count {
-                // The topic may have been re-created with more partitions.
                 count = self.partition_count(topic, true).await?;
             }
             if p >= count {
@@ -618,27 +807,12 @@ impl Dispatcher {
                     "topic {topic} has no partition {p} (it has {count})"
                 )));
             }
-            return Ok(p);
         }
-        Ok(match key {
-            Some(key) => partition_for_key(key, count),
-            None => {
-                // The partitions asked about, named without a new string per record.
-                if self.probe.topic != topic {
-                    topic.clone_into(&mut self.probe.topic);
-                }
-                let (acc, probe) = (&self.acc, &mut self.probe);
-                self.sticky.partition(topic, count, |p| {
-                    probe.partition = p;
-                    // A record that would not fit starts a new batch: time to move on.
-                    acc.open_batch_with_room(probe, size)
-                })
-            }
-        })
+        Ok(count)
     }
 
     async fn partition_count(&mut self, topic: &str, refresh: bool) -> Result<u32> {
-        if !refresh && let Some(&n) = self.counts.get(topic) {
+        if !refresh && let Some(&n) = lock(&self.shared).counts.get(topic) {
             return Ok(n);
         }
         if let Some((e, until)) = self.unknown.get(topic) {
@@ -661,8 +835,9 @@ impl Dispatcher {
         };
         match result {
             Ok(n) => {
-                if self.counts.insert(topic.to_string(), n) != Some(n) {
-                    self.sticky.forget(topic);
+                let mut shared = lock(&self.shared);
+                if shared.counts.insert(topic.to_string(), n) != Some(n) {
+                    shared.sticky.forget(topic);
                 }
                 Ok(n)
             }
