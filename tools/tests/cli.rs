@@ -622,6 +622,46 @@ mod client {
         }
     }
 
+    /// A producer's task that ends while a handle lives on (here with its runtime): the
+    /// records waiting in its batches fail with ProducerClosed instead of waiting for the
+    /// last handle to go, and a later send fails too.
+    #[test]
+    fn records_in_batches_fail_when_the_producers_task_ends() {
+        let broker = Broker::start();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let config = ProducerConfig {
+            acks: Acks::Leader,
+            linger_ms: 600_000,
+            ..ProducerConfig::default()
+        };
+        let (producer, waiting) = runtime.block_on(async {
+            let admin = Admin::connect(&broker.addr).await.unwrap();
+            admin.create_topic("gone", 1, &[]).await.unwrap();
+            let producer = Producer::connect(&broker.addr, config).await.unwrap();
+            // The topic's lookup done and the first record sent: the next one joins an
+            // open batch, which waits out its linger.
+            let first = producer.send("gone", None, value("first"), vec![]);
+            producer.flush().await.unwrap();
+            assert_eq!(first.await.unwrap().offset, 0);
+            let waiting = producer.send("gone", None, value("second"), vec![]);
+            (producer, waiting)
+        });
+        drop(runtime);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let outcome = tokio::time::timeout(DEADLINE, waiting).await;
+            assert!(
+                matches!(outcome, Ok(Err(ClientError::ProducerClosed))),
+                "{outcome:?}"
+            );
+            let later = producer.send("gone", None, value("third"), vec![]).await;
+            assert!(
+                matches!(later, Err(ClientError::ProducerClosed)),
+                "{later:?}"
+            );
+        });
+    }
+
     #[tokio::test]
     async fn keyed_records_go_to_the_murmur2_partition_and_keyless_ones_stick() {
         let broker = Broker::start();

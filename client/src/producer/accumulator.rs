@@ -378,6 +378,19 @@ impl<T> Accumulator<T> {
     pub(crate) fn is_idle(&self) -> bool {
         self.outstanding.is_empty()
     }
+
+    /// Takes every batch not yet sent (full or open), for a producer that is going away.
+    pub(crate) fn take_unsent(&mut self) -> Vec<Batch<T>> {
+        let mut unsent = Vec::new();
+        for queue in self.queues.values_mut() {
+            unsent.extend(queue.full.drain(..));
+            unsent.extend(queue.open.take());
+        }
+        for batch in &unsent {
+            self.outstanding.remove(&batch.id);
+        }
+        unsent
+    }
 }
 
 #[cfg(test)]

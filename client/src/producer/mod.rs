@@ -192,6 +192,8 @@ struct Shared {
     probe: TopicPartition,
     /// Partition counts per topic (looked up by the dispatcher).
     counts: FastMap<String, u32>,
+    /// The dispatcher has ended: records go no more into batches that nobody will send.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -200,8 +202,8 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// The shared state. A panic while it is held ends the dispatcher, whose closed channel
-/// then stops the handles from using it, so a poisoned lock is taken as it is.
+/// The shared state. A panic while it is held leaves it whole (a batch's buffer grows
+/// before a record is written into it), so a poisoned lock is taken as it is.
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -219,6 +221,9 @@ impl Shared {
     /// known (and covers an explicit partition). Tells whether a batch opened or filled.
     /// Else hands the command back, as any other command.
     fn append_known(&mut self, command: Command) -> Appended {
+        if self.closed {
+            return Appended::NotHere(command);
+        }
         let command = match self.join_sticky_batch(command) {
             Appended::NotHere(command) => command,
             here => return here,
@@ -466,6 +471,7 @@ impl Producer {
             sticky: StickyPartitioner::new(seed),
             probe: TopicPartition::new("", 0),
             counts: FastMap::default(),
+            closed: false,
         }));
         let (unhandled, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let pool = lock(&shared).acc.pool().clone();
@@ -505,7 +511,7 @@ impl Producer {
         key: Option<Bytes>,
         value: Option<Bytes>,
         headers: Vec<(String, Option<Bytes>)>,
-    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static + use<> {
         self.send_record(ProducerRecord {
             topic: topic.to_string(),
             partition: None,
@@ -524,7 +530,7 @@ impl Producer {
         key: Option<Bytes>,
         value: Option<Bytes>,
         headers: Vec<(String, Option<Bytes>)>,
-    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static + use<> {
         self.send_record(ProducerRecord {
             topic: topic.to_string(),
             partition: Some(partition),
@@ -540,7 +546,7 @@ impl Producer {
     pub fn send_record(
         &self,
         record: ProducerRecord,
-    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
+    ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static + use<> {
         let (tx, rx) = oneshot::channel();
         let queued = self.queue(record, Outcome::Future(tx));
         async move {
@@ -573,7 +579,7 @@ impl Producer {
         &self,
         record: ProducerRecord,
         to: Outcome,
-    ) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
+    ) -> Option<impl Future<Output = Result<()>> + Send + 'static + use<>> {
         let mut input = PendingRecord {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
             key: record.key,
@@ -654,7 +660,7 @@ struct Dispatcher {
     shared: Arc<Mutex<Shared>>,
     /// Send commands queued and not yet handled (see [`Producer`]).
     unhandled: Arc<AtomicUsize>,
-    /// Rung when a handle filled a batch.
+    /// Rung when a handle opened or filled a batch.
     wake: Arc<Notify>,
     /// The pool that new batches take their buffers from; senders give them back.
     pool: BufferPool,
@@ -666,6 +672,22 @@ struct Dispatcher {
     senders: FastMap<TopicPartition, mpsc::UnboundedSender<Vec<Batch<Reply>>>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl Drop for Dispatcher {
+    /// However the task ends (every handle dropped, a panic, its runtime shutting down),
+    /// the records still in batches hear ProducerClosed rather than wait for the last
+    /// handle to go, and the handles stop adding to batches.
+    fn drop(&mut self) {
+        let unsent = {
+            let mut shared = lock(&self.shared);
+            shared.closed = true;
+            shared.acc.take_unsent()
+        };
+        for batch in unsent {
+            sender::fail(batch, ClientError::ProducerClosed);
+        }
+    }
 }
 
 impl Dispatcher {
