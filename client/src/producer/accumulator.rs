@@ -189,18 +189,19 @@ impl<T> Accumulator<T> {
         reply: T,
         now: Instant,
     ) -> u64 {
-        self.append_telling(tp, record, reply, now).0
+        self.append_telling(tp, record, reply, || now).0
     }
 
-    /// Adds a record to `tp`'s open batch (opening one if needed). Returns the id of the
-    /// batch it joined, and whether a batch opened or filled (so that whoever sends
-    /// batches has a new linger deadline or a batch to send).
+    /// Adds a record to `tp`'s open batch (opening one if needed, created `now()`: the
+    /// clock is read only then). Returns the id of the batch it joined, and whether a
+    /// batch opened or filled (so that whoever sends batches has a new linger deadline or
+    /// a batch to send).
     pub(crate) fn append_telling(
         &mut self,
         tp: &TopicPartition,
         record: PendingRecord,
         reply: T,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> (u64, bool) {
         let size = record.size();
         // Looked up before it is inserted: no copy of the topic name per record.
@@ -230,7 +231,7 @@ impl<T> Accumulator<T> {
                 // Room for as many records of this size as fill the batch.
                 replies: Vec::with_capacity((self.batch_bytes / size.max(1)).clamp(1, 1024)),
                 size: BATCH_OVERHEAD,
-                created: now,
+                created: now(),
                 room: Room {
                     buffer: Arc::clone(&self.buffer),
                     bytes: 0,
@@ -531,23 +532,23 @@ mod tests {
         let t0 = Instant::now();
         // As above: three records of 100 bytes fit in a batch, four do not.
         let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 1, 1 << 20);
-        let (first, news) = acc.append_telling(&tp(0), record(100), 0u32, t0);
+        let (first, news) = acc.append_telling(&tp(0), record(100), 0u32, || t0);
         assert!(news, "the first record opens a batch");
         assert_eq!(
-            acc.append_telling(&tp(0), record(100), 1, t0),
+            acc.append_telling(&tp(0), record(100), 1, || t0),
             (first, false)
         );
         assert_eq!(
-            acc.append_telling(&tp(0), record(100), 2, t0),
+            acc.append_telling(&tp(0), record(100), 2, || t0),
             (first, false)
         );
-        let (second, news) = acc.append_telling(&tp(0), record(100), 3, t0);
+        let (second, news) = acc.append_telling(&tp(0), record(100), 3, || t0);
         assert!(
             second != first && news,
             "a record that does not fit opens a batch"
         );
         // A record that takes its batch to batch_bytes fills it: ready without linger.
-        let (third, news) = acc.append_telling(&tp(1), record(1000), 4, t0);
+        let (third, news) = acc.append_telling(&tp(1), record(1000), 4, || t0);
         assert!(news);
         assert_eq!(acc.open_batch_with_room(&tp(1), 0), None);
         let sent = acc.drain(t0, 0);

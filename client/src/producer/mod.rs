@@ -32,7 +32,6 @@ use crate::error::{ClientError, Result};
 use crate::hash::FastMap;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
 use accumulator::{Accumulator, Batch, PendingRecord};
-use pool::BufferPool;
 use sender::Sender;
 use tonic::transport::Channel;
 
@@ -228,17 +227,19 @@ impl Shared {
             Appended::NotHere(command) => command,
             here => return here,
         };
-        let Command::Send {
-            topic, partition, ..
-        } = &command
-        else {
+        let count = match &command {
+            Command::Send {
+                topic, partition, ..
+            } => match (self.counts.get(topic), partition) {
+                (Some(&count), Some(p)) if *p < count => Some(count),
+                (Some(&count), None) => Some(count),
+                _ => None,
+            },
+            Command::Flush(_) => None,
+        };
+        let Some(count) = count else {
             return Appended::NotHere(command);
         };
-        match (self.counts.get(topic), partition) {
-            (Some(&count), Some(p)) if *p < count => {}
-            (Some(_), None) => {}
-            _ => return Appended::NotHere(command),
-        }
         let Command::Send {
             topic,
             partition,
@@ -246,17 +247,9 @@ impl Shared {
             reply,
         } = command
         else {
-            unreachable!("matched above");
+            unreachable!("a count only for a send");
         };
-        let count = self.counts[&topic];
-        let partition = self.place(
-            &topic,
-            partition,
-            record.key.as_deref(),
-            record.size(),
-            count,
-        );
-        Appended::Here(self.append(topic, partition, record, reply, Instant::now()))
+        Appended::Here(self.add(topic, partition, record, reply, count, Instant::now))
     }
 
     /// Adds a keyless record to the open batch that its topic's keyless records stick
@@ -286,10 +279,7 @@ impl Shared {
         else {
             unreachable!("matched above");
         };
-        if self.probe.topic != topic {
-            topic.clone_into(&mut self.probe.topic);
-        }
-        self.probe.partition = partition;
+        aim(&mut self.probe, &topic, partition);
         match self.acc.append_to_open(&self.probe, batch, record, reply) {
             Ok(filled) => Appended::Here(filled),
             Err((record, reply)) => Appended::NotHere(Command::Send {
@@ -301,47 +291,32 @@ impl Shared {
         }
     }
 
-    /// The partition of a record (of `size` encoded bytes at most) of a topic with
-    /// `count` partitions; an explicit `partition` is below `count`.
-    fn place(
+    /// Places a record (explicit partition, murmur2 of its key, or sticky) of a topic with
+    /// `count` partitions (an explicit `partition` is below it) and adds it to the
+    /// partition's batch. Tells whether a batch opened or filled. `now` is read only if a
+    /// batch opens.
+    fn add(
         &mut self,
-        topic: &str,
+        topic: String,
         partition: Option<u32>,
-        key: Option<&[u8]>,
-        size: usize,
+        record: PendingRecord,
+        reply: Reply,
         count: u32,
-    ) -> u32 {
-        match (partition, key) {
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
+        let keyless = record.key.is_none();
+        let partition = match (partition, &record.key) {
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, count),
             (None, None) => {
-                let Shared {
-                    acc, sticky, probe, ..
-                } = self;
-                // The partitions asked about, named without a new string per record.
-                if probe.topic != topic {
-                    topic.clone_into(&mut probe.topic);
-                }
-                sticky.partition(topic, count, |p| {
-                    probe.partition = p;
+                let (acc, probe, size) = (&self.acc, &mut self.probe, record.size());
+                self.sticky.partition(&topic, count, |p| {
+                    aim(probe, &topic, p);
                     // A record that would not fit starts a new batch: time to move on.
                     acc.open_batch_with_room(probe, size)
                 })
             }
-        }
-    }
-
-    /// Adds a placed record to its partition's batch. Tells whether a batch opened or
-    /// filled.
-    fn append(
-        &mut self,
-        topic: String,
-        partition: u32,
-        record: PendingRecord,
-        reply: Reply,
-        now: Instant,
-    ) -> bool {
-        let keyless = record.key.is_none();
+        };
         let tp = TopicPartition { topic, partition };
         let (batch, news) = self.acc.append_telling(&tp, record, reply, now);
         if keyless {
@@ -349,6 +324,15 @@ impl Shared {
         }
         news
     }
+}
+
+/// Points `probe` at a partition of `topic`, copying the name only when it changes: the
+/// partitions asked about are named without a new string per record.
+fn aim(probe: &mut TopicPartition, topic: &str, partition: u32) {
+    if probe.topic != topic {
+        topic.clone_into(&mut probe.topic);
+    }
+    probe.partition = partition;
 }
 
 /// Sends records in batches. Cheap to clone (clones share the batches and the
@@ -387,9 +371,9 @@ impl Intake {
 
     /// [`Shared::append_known`] on the sending thread, when the dispatcher has handled
     /// every send queued before (else the record queues behind them, to keep the order of
-    /// the calls) and still runs.
+    /// the calls). Once the dispatcher has ended, `Shared` takes nothing more.
     fn append_here(&self, command: Command) -> Option<Command> {
-        if self.unhandled.load(Ordering::Acquire) != 0 || self.commands.is_closed() {
+        if self.unhandled.load(Ordering::Acquire) != 0 {
             return Some(command);
         }
         let appended = lock(&self.shared).append_known(command);
@@ -474,12 +458,10 @@ impl Producer {
             closed: false,
         }));
         let (unhandled, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-        let pool = lock(&shared).acc.pool().clone();
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
             unhandled: Arc::clone(&unhandled),
             wake: Arc::clone(&wake),
-            pool,
             client,
             channel,
             config,
@@ -662,8 +644,6 @@ struct Dispatcher {
     unhandled: Arc<AtomicUsize>,
     /// Rung when a handle opened or filled a batch.
     wake: Arc<Notify>,
-    /// The pool that new batches take their buffers from; senders give them back.
-    pool: BufferPool,
     /// Topics whose lookup failed lately, with the error and until when it stands.
     unknown: FastMap<String, (ClientError, Instant)>,
     /// Flushes waiting for every batch with an id below theirs.
@@ -765,7 +745,7 @@ impl Dispatcher {
             let (tx, rx) = mpsc::unbounded_channel();
             let sender = Sender {
                 channel: self.channel.clone(),
-                pool: self.pool.clone(),
+                pool: lock(&self.shared).acc.pool().clone(),
                 config: self.config.clone(),
                 tp: tp.clone(),
                 done: self.done_tx.clone(),
@@ -803,10 +783,7 @@ impl Dispatcher {
                 reply,
             } => match self.checked_count(&topic, partition).await {
                 Ok(count) => {
-                    let mut shared = lock(&self.shared);
-                    let key = record.key.as_deref();
-                    let partition = shared.place(&topic, partition, key, record.size(), count);
-                    shared.append(topic, partition, record, reply, now);
+                    lock(&self.shared).add(topic, partition, record, reply, count, || now);
                 }
                 Err(e) => {
                     reply.send(Err(e));
