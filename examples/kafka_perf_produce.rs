@@ -11,7 +11,7 @@
 //! The topic must exist (`fjord topic create perf`). Idempotence is off: the listener does
 //! not serve InitProducerId yet.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -46,6 +46,17 @@ struct Args {
     batch_bytes: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Any other librdkafka setting, as KEY=VALUE (rdkafka_performance's -X); repeatable,
+    /// applied last.
+    #[arg(short = 'X', long = "config", value_parser = key_value)]
+    config: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// Per-record outcomes, filled by librdkafka's delivery callbacks.
@@ -54,9 +65,37 @@ struct Outcomes {
     latencies_us: Vec<u64>,
     failed: u64,
     first_error: Option<String>,
+    /// The sending thread waits for room in librdkafka's queue.
+    waiting: bool,
 }
 
-struct Context(Arc<Mutex<Outcomes>>);
+/// The outcomes, and the sending thread's wake-up when a delivery makes room.
+#[derive(Default)]
+struct Shared {
+    outcomes: Mutex<Outcomes>,
+    room: Condvar,
+}
+
+impl Shared {
+    fn outcomes(&self) -> MutexGuard<'_, Outcomes> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks the sending thread until a delivery makes room in librdkafka's queue (or
+    /// 10 ms pass, in case the last delivery came before the wait began), as Java's
+    /// `send` blocks when its buffer is full. Not `producer.poll(1 ms)`: rust-rdkafka turns
+    /// a deadline less than 1 ms away into a 0 ms poll, so that poll spins for its whole
+    /// millisecond, and took a quarter of the two cores from librdkafka and the broker.
+    fn wait_for_room(&self) {
+        let mut outcomes = self.outcomes();
+        outcomes.waiting = true;
+        let _ = self
+            .room
+            .wait_timeout_while(outcomes, Duration::from_millis(10), |o| o.waiting);
+    }
+}
+
+struct Context(Arc<Shared>);
 
 impl ClientContext for Context {}
 
@@ -65,7 +104,7 @@ impl ProducerContext for Context {
     type DeliveryOpaque = Box<Instant>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
-        let mut outcomes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcomes = self.0.outcomes();
         match result {
             Ok(_) => outcomes
                 .latencies_us
@@ -74,6 +113,11 @@ impl ProducerContext for Context {
                 outcomes.failed += 1;
                 outcomes.first_error.get_or_insert_with(|| e.to_string());
             }
+        }
+        if outcomes.waiting {
+            outcomes.waiting = false;
+            drop(outcomes);
+            self.0.room.notify_one();
         }
     }
 }
@@ -88,15 +132,20 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let producer: ThreadedProducer<Context> = ClientConfig::new()
+    let shared = Arc::new(Shared::default());
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &args.bootstrap)
         .set("acks", &args.acks)
         .set("enable.idempotence", "false")
         .set("linger.ms", args.linger_ms.to_string())
         .set("batch.size", args.batch_bytes.to_string())
-        .set("queue.buffering.max.kbytes", (32 * 1024).to_string())
-        .create_with_context(Context(outcomes.clone()))?;
+        .set("queue.buffering.max.kbytes", (32 * 1024).to_string());
+    for (key, value) in &args.config {
+        config.set(key, value);
+    }
+    let producer: ThreadedProducer<Context> =
+        config.create_with_context(Context(shared.clone()))?;
     let value = vec![b'x'; args.record_size];
     let start = Instant::now();
     for _ in 0..args.num_records {
@@ -109,7 +158,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // The local queue is full: wait for deliveries to make room.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     opaque = back.delivery_opaque;
-                    producer.poll(Duration::from_millis(1));
+                    shared.wait_for_room();
                 }
                 Err((e, _)) => return Err(e.into()),
             }
@@ -117,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     producer.flush(Duration::from_secs(120))?;
     let elapsed = start.elapsed().as_secs_f64();
-    let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+    let mut outcomes = shared.outcomes();
     if let Some(e) = &outcomes.first_error {
         return Err(format!("{} records failed, the first with: {e}", outcomes.failed).into());
     }

@@ -6,7 +6,9 @@
 #   W3         2 GiB produced, then read from offset 0 (fjord perf consume; in page cache)
 #   W4         fjord perf e2e at 50 MB/s for 10 s, acks all
 #   W5, W5all  W1 through the Kafka listener with librdkafka, acks 1 / all (batch.size
-#              is librdkafka's default, 1,000,000; sittings 1-6 used Java's 16 KiB)
+#              is librdkafka's default, 1,000,000; sittings 1-6 used Java's 16 KiB;
+#              message.copy.max.bytes=0 from the thirteenth session: librdkafka sends
+#              each 1 KiB value from the message instead of copying it into the request)
 run_workload() {
     local label=$1 bindir=$2 workload=$3
     (
@@ -44,7 +46,7 @@ run_workload() {
             cpu_mark
             /usr/bin/time -f "%U %S" -o "$cpu" "$BIN/examples/kafka_perf_produce" \
                 --bootstrap "$KAFKA" --topic k1 --num-records 500000 --record-size 1024 \
-                --acks "$acks" --batch-bytes 1000000 | tail -1
+                --acks "$acks" --batch-bytes 1000000 -X message.copy.max.bytes=0 | tail -1
             ;;
         *)
             echo "unknown workload $workload" >&2

@@ -627,6 +627,44 @@ fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
     assert_eq!(offsets.trim(), "0 0 2000", "every record is in the log");
 }
 
+/// With librdkafka's queue held to 50 records, nearly every send finds it full and waits
+/// for a delivery to make room: none may be lost or left waiting. `-X` passes the setting.
+#[test]
+fn the_w5_benchmark_example_waits_for_room_when_librdkafkas_queue_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "w5", 1);
+    let run = |extra: &[&str]| {
+        std::process::Command::new(crate::support::example("kafka_perf_produce"))
+            .args([
+                "--bootstrap",
+                &broker.kafka_addr.to_string(),
+                "--topic",
+                "w5",
+            ])
+            .args(["--num-records", "3000", "--record-size", "100"])
+            .args(["--batch-bytes", "2000", "--linger-ms", "0"])
+            .args(extra)
+            .output()
+            .expect("run kafka_perf_produce")
+    };
+    let out = run(&["-X", "queue.buffering.max.messages=50"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("3000 records sent, "), "{stdout}");
+    let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
+    assert_eq!(offsets.trim(), "0 0 3000", "every record is in the log");
+    // A setting without a value is refused before anything is sent.
+    let out = run(&["-X", "linger.ms"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected KEY=VALUE"), "{stderr}");
+}
+
 /// A member of a librdkafka consumer group, run on its own thread: reads, commits every
 /// 250 records and whenever it is idle, and records every (partition, offset) it sees.
 struct GroupMember {
