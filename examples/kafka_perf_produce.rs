@@ -5,8 +5,10 @@
 //! ```sh
 //! cargo build --release --example kafka_perf_produce
 //! target/release/examples/kafka_perf_produce --bootstrap 127.0.0.1:9092 --topic perf \
-//!     --num-records 500000 --record-size 1024 --acks 1
+//!     --num-records 500000 --record-size 1024 --acks 1 -X message.copy.max.bytes=0
 //! ```
+//!
+//! `-X KEY=VALUE` sets any librdkafka setting (docs/BENCHMARKS.md gives W5's).
 //!
 //! The topic must exist (`fjord topic create perf`). Idempotence is off: the listener does
 //! not serve InitProducerId yet.
@@ -85,7 +87,7 @@ impl Shared {
     /// 10 ms pass, in case the last delivery came before the wait began), as Java's
     /// `send` blocks when its buffer is full. Not `producer.poll(1 ms)`: rust-rdkafka turns
     /// a deadline less than 1 ms away into a 0 ms poll, so that poll spins for its whole
-    /// millisecond, and took a quarter of the two cores from librdkafka and the broker.
+    /// millisecond: 17.9% of the machine's samples, taken from librdkafka and the broker.
     fn wait_for_room(&self) {
         let mut outcomes = self.outcomes();
         outcomes.waiting = true;

@@ -591,34 +591,45 @@ fn a_frame_declaring_billions_of_elements_does_not_abort_the_broker() {
     assert!(ok, "{stderr}");
 }
 
-#[test]
-fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), &[]);
-    create_topic(&broker, "w5", 1);
-    let out = std::process::Command::new(crate::support::example("kafka_perf_produce"))
+/// Runs the W5 benchmark example against `broker`'s Kafka listener on topic `w5`.
+fn w5_example(broker: &BrokerProcess, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::support::example("kafka_perf_produce"))
         .args([
             "--bootstrap",
             &broker.kafka_addr.to_string(),
             "--topic",
             "w5",
         ])
-        .args([
-            "--num-records",
-            "2000",
-            "--record-size",
-            "100",
-            "--acks",
-            "all",
-        ])
+        .args(args)
         .output()
-        .expect("run kafka_perf_produce");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .expect("run kafka_perf_produce")
+}
+
+/// The example's stdout, after checking that it succeeded.
+fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "w5", 1);
+    let args = [
+        "--num-records",
+        "2000",
+        "--record-size",
+        "100",
+        "--acks",
+        "all",
+    ];
+    let stdout = succeeded(&w5_example(&broker, &args));
     assert!(
         stdout.starts_with("2000 records sent, ") && stdout.contains(" ms 99.9th"),
         "{stdout}"
@@ -634,32 +645,22 @@ fn the_w5_benchmark_example_waits_for_room_when_librdkafkas_queue_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
     create_topic(&broker, "w5", 1);
-    let run = |extra: &[&str]| {
-        std::process::Command::new(crate::support::example("kafka_perf_produce"))
-            .args([
-                "--bootstrap",
-                &broker.kafka_addr.to_string(),
-                "--topic",
-                "w5",
-            ])
-            .args(["--num-records", "3000", "--record-size", "100"])
-            .args(["--batch-bytes", "2000", "--linger-ms", "0"])
-            .args(extra)
-            .output()
-            .expect("run kafka_perf_produce")
-    };
-    let out = run(&["-X", "queue.buffering.max.messages=50"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "--num-records",
+        "3000",
+        "--record-size",
+        "100",
+        "--batch-bytes",
+        "2000",
+    ];
+    let args = [&args[..], &["--linger-ms", "0"]].concat();
+    let full = [&args[..], &["-X", "queue.buffering.max.messages=50"]].concat();
+    let stdout = succeeded(&w5_example(&broker, &full));
     assert!(stdout.starts_with("3000 records sent, "), "{stdout}");
     let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
     assert_eq!(offsets.trim(), "0 0 3000", "every record is in the log");
     // A setting without a value is refused before anything is sent.
-    let out = run(&["-X", "linger.ms"]);
+    let out = w5_example(&broker, &[&args[..], &["-X", "linger.ms"]].concat());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expected KEY=VALUE"), "{stderr}");
