@@ -1122,3 +1122,91 @@ fn a_producer_silent_past_the_expiration_is_forgotten_at_the_next_roll() {
     assert!(log.producers().get(5).is_none());
     assert!(log.producers().get(6).is_some());
 }
+
+/// Bytes the file system has allocated to `path`.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let config = LogConfig {
+        // Nine batches of 100 KiB fit, the tenth rolls.
+        segment_bytes: 1_000_000,
+        index_interval_bytes: 4096,
+        ..LogConfig::default()
+    };
+    // Where the file system cannot reserve blocks, appends go on without (checked below
+    // all the same); this machine's ext4 and tmpfs can.
+    let probe = std::fs::File::create(dir.path().join("probe")).unwrap();
+    let reserves =
+        rustix::fs::fallocate(&probe, rustix::fs::FallocateFlags::KEEP_SIZE, 0, 1 << 20).is_ok();
+    drop(probe);
+    std::fs::remove_file(dir.path().join("probe")).unwrap();
+
+    let value = "v".repeat(100 * 1024);
+    let mut log = open(dir.path(), config.clone(), &clock);
+    log.append(&mut records(&[("k", Some(&value))], 0), 0)
+        .unwrap();
+    let active = log.segments().active().log_path().to_path_buf();
+    let size = std::fs::metadata(&active).unwrap().len();
+    assert_eq!(
+        size,
+        log.segments().active().size(),
+        "the size is what was written"
+    );
+    if reserves {
+        assert!(
+            allocated(&active) >= 2 * size,
+            "{} bytes allocated to a segment of {size}",
+            allocated(&active)
+        );
+    }
+
+    // Fill the segment; its modification time is an hour ago when the next append rolls.
+    for i in 1..9 {
+        log.append(&mut records(&[("k", Some(&format!("{i}{value}")))], 0), 0)
+            .unwrap();
+    }
+    assert_eq!(log.segments().len(), 1);
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    log.append(&mut records(&[("k", Some(&format!("9{value}")))], 0), 0)
+        .unwrap();
+    assert_eq!(
+        log.segments().len(),
+        2,
+        "the tenth batch rolled the segment"
+    );
+    let sealed_size = std::fs::metadata(&active).unwrap().len();
+    assert!(
+        allocated(&active) < sealed_size + 16 * 1024,
+        "a sealed segment of {sealed_size} bytes keeps {} allocated",
+        allocated(&active)
+    );
+    let modified = std::fs::metadata(&active).unwrap().modified().unwrap();
+    assert_eq!(modified, hour_ago, "sealing keeps the modification time");
+
+    // A crash with blocks reserved past the end of the active segment: the reopened log
+    // holds exactly what was appended, and appends go on.
+    log.append(&mut records(&[("k", Some("after the roll"))], 0), 0)
+        .unwrap();
+    drop(log);
+    let mut log = open(dir.path(), config, &clock);
+    assert_eq!(log.log_end_offset(), 11);
+    log.append(&mut records(&[("k", Some("after the reopen"))], 0), 0)
+        .unwrap();
+    let vals: Vec<String> = values(&log).into_iter().map(|v| v.2.unwrap()).collect();
+    assert_eq!(vals.len(), 12);
+    assert_eq!(vals[0], value);
+    assert_eq!(vals[9], format!("9{value}"));
+    assert_eq!(&vals[10..], ["after the roll", "after the reopen"]);
+}

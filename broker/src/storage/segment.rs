@@ -17,6 +17,15 @@ use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::mmap::ReadMap;
 use super::{IoContext, Result, StorageError};
 
+/// The most an active segment reserves ahead of its appends: as much as it already holds,
+/// up to this. Blocks reserved with `fallocate(KEEP_SIZE)` leave the file's size (all
+/// that readers and recovery see) unchanged, and an append into them skips ext4's
+/// delayed allocation of each new block: 500 MB in 175 KiB writes took 0.12 s of system
+/// time into reserved blocks against 0.17 s into new ones, on this project's machine.
+/// Kafka reserves whole segments where `file.preallocate` is set; a step keeps an idle
+/// partition's reservation small.
+pub const PREALLOCATE_BYTES: u64 = 4 << 20;
+
 /// Timestamp of an empty segment (Kafka's `NO_TIMESTAMP`).
 pub const NO_TIMESTAMP: i64 = -1;
 
@@ -92,6 +101,9 @@ pub struct Segment {
     options: SegmentOptions,
     /// An index file did not exist when the segment was opened.
     indexes_were_missing: bool,
+    /// Blocks past `size` are reserved for appends up to here (see [`PREALLOCATE_BYTES`]);
+    /// `None` where the file system cannot reserve them.
+    reserved: Option<u64>,
 }
 
 impl Segment {
@@ -146,6 +158,7 @@ impl Segment {
             created_ms: now_ms,
             options,
             indexes_were_missing: false,
+            reserved: Some(0),
         })
     }
 
@@ -212,6 +225,7 @@ impl Segment {
             created_ms: created_ms.min(now_ms),
             options,
             indexes_were_missing,
+            reserved: Some(size),
         })
     }
 
@@ -280,10 +294,11 @@ impl Segment {
             "append to sealed segment {}",
             self.log_path.display()
         );
+        self.reserve_for(self.size + bytes.len() as u64);
         if let Err(e) = self.file.write_all_at(bytes, self.size) {
             // Leave the file as it was: a partial write must not stay behind. If even
             // that fails, the caller takes the log offline and recovery cuts the tail.
-            let rollback = self.file.set_len(self.size);
+            let rollback = self.cut_file(self.size);
             if let Err(rollback) = rollback {
                 let path = self.log_path.display();
                 tracing::error!(path = %path, error = %rollback, "cannot undo a partial write");
@@ -300,6 +315,51 @@ impl Segment {
         }
         debug_assert_eq!(position, self.size + bytes.len() as u64);
         self.size = position;
+        Ok(())
+    }
+
+    /// Reserves blocks ahead when an append to `end` would pass the reservation. Best
+    /// effort: where the file system cannot, appends go on without.
+    fn reserve_for(&mut self, end: u64) {
+        let Some(reserved) = self.reserved else {
+            return;
+        };
+        if end <= reserved {
+            return;
+        }
+        let from = reserved.max(self.size);
+        let to = end + end.min(PREALLOCATE_BYTES);
+        let mode = rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&*self.file, mode, from, to - from) {
+            Ok(()) => self.reserved = Some(to),
+            Err(e) => {
+                tracing::debug!(path = %self.log_path.display(), error = %e,
+                    "cannot reserve blocks ahead of appends; appending without");
+                self.reserved = None;
+            }
+        }
+    }
+
+    /// Gives back the blocks reserved past the end of the file (a sealed segment grows
+    /// no more). Truncating to its own size frees them; the modification time, which
+    /// retention may go by, is kept.
+    fn release_reserved(&mut self) -> Result<()> {
+        if self.reserved.is_none_or(|r| r <= self.size) {
+            return Ok(());
+        }
+        let modified = self.file.metadata().and_then(|m| m.modified());
+        self.file.set_len(self.size).at(&self.log_path)?;
+        if let Ok(modified) = modified {
+            let _ = self.file.set_modified(modified);
+        }
+        self.reserved = Some(self.size);
+        Ok(())
+    }
+
+    /// Cuts the file at `position` (which also frees any reservation past it).
+    fn cut_file(&mut self, position: u64) -> std::io::Result<()> {
+        self.file.set_len(position)?;
+        self.reserved = self.reserved.map(|_| position);
         Ok(())
     }
 
@@ -672,7 +732,7 @@ impl Segment {
         if self.is_sealed() {
             return self.unseal(position);
         }
-        self.file.set_len(position).at(&self.log_path)?;
+        self.cut_file(position).at(&self.log_path)?;
         self.size = position;
         Ok(())
     }
@@ -701,7 +761,7 @@ impl Segment {
         if self.is_sealed() {
             self.unseal(position)?;
         } else if position < self.size {
-            self.file.set_len(position).at(&self.log_path)?;
+            self.cut_file(position).at(&self.log_path)?;
             self.size = position;
         }
         let Some((_, first_removed)) = found else {
@@ -726,6 +786,7 @@ impl Segment {
         if self.is_sealed() {
             return Ok(());
         }
+        self.release_reserved()?;
         self.append_last_time_entry();
         self.offset_index.seal()?;
         self.time_index.seal()?;
@@ -762,6 +823,7 @@ impl Segment {
             .at(&self.log_path)?;
         self.file = Arc::new(file);
         self.size = keep_bytes;
+        self.reserved = Some(keep_bytes);
         self.offset_index.unseal(self.options.index_bytes)?;
         self.time_index.unseal(self.options.index_bytes)?;
         Ok(())
