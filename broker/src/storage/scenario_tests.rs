@@ -1196,17 +1196,38 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
     assert_eq!(modified, hour_ago, "sealing keeps the modification time");
 
     // A crash with blocks reserved past the end of the active segment: the reopened log
-    // holds exactly what was appended, and appends go on.
-    log.append(&mut records(&[("k", Some("after the roll"))], 0), 0)
-        .unwrap();
+    // holds exactly what was appended, the seal of a clean close gives the reservation
+    // back, and appends go on.
+    log.append(
+        &mut records(&[("k", Some(&format!("after the roll{value}")))], 0),
+        0,
+    )
+    .unwrap();
+    let active = log.segments().active().log_path().to_path_buf();
     drop(log);
-    let mut log = open(dir.path(), config, &clock);
+    let size = std::fs::metadata(&active).unwrap().len();
+    if reserves {
+        assert!(
+            allocated(&active) >= 2 * size,
+            "reserved when the log went away"
+        );
+    }
+    let log = open(dir.path(), config.clone(), &clock);
     assert_eq!(log.log_end_offset(), 11);
+    log.close().unwrap();
+    let size = std::fs::metadata(&active).unwrap().len();
+    assert!(
+        allocated(&active) < size + 16 * 1024,
+        "a segment of {size} bytes keeps {} allocated after a clean close",
+        allocated(&active)
+    );
+    let mut log = open(dir.path(), config, &clock);
     log.append(&mut records(&[("k", Some("after the reopen"))], 0), 0)
         .unwrap();
     let vals: Vec<String> = values(&log).into_iter().map(|v| v.2.unwrap()).collect();
     assert_eq!(vals.len(), 12);
     assert_eq!(vals[0], value);
     assert_eq!(vals[9], format!("9{value}"));
-    assert_eq!(&vals[10..], ["after the roll", "after the reopen"]);
+    assert_eq!(vals[10], format!("after the roll{value}"));
+    assert_eq!(vals[11], "after the reopen");
 }

@@ -180,7 +180,11 @@ impl Segment {
             .write(true)
             .open(&log_path)
             .at(&log_path)?;
-        let size = file.metadata().at(&log_path)?.len();
+        let metadata = file.metadata().at(&log_path)?;
+        let size = metadata.len();
+        // Blocks reserved before a crash are past the end: counted, so that the seal
+        // gives them back.
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&metadata) * 512;
         let index_path = segment_file(dir, base_offset, INDEX_SUFFIX, "");
         let time_path = segment_file(dir, base_offset, TIME_INDEX_SUFFIX, "");
         let indexes_were_missing = !index_path.exists() || !time_path.exists();
@@ -225,7 +229,7 @@ impl Segment {
             created_ms: created_ms.min(now_ms),
             options,
             indexes_were_missing,
-            reserved: Some(size),
+            reserved: Some(size.max(allocated)),
         })
     }
 
@@ -342,18 +346,22 @@ impl Segment {
 
     /// Gives back the blocks reserved past the end of the file (a sealed segment grows
     /// no more). Truncating to its own size frees them; the modification time, which
-    /// retention may go by, is kept.
-    fn release_reserved(&mut self) -> Result<()> {
+    /// retention may go by, is kept. Best effort: a failure costs disk space, not data,
+    /// so it does not fail the roll.
+    fn release_reserved(&mut self) {
         if self.reserved.is_none_or(|r| r <= self.size) {
-            return Ok(());
+            return;
         }
         let modified = self.file.metadata().and_then(|m| m.modified());
-        self.file.set_len(self.size).at(&self.log_path)?;
+        if let Err(e) = self.file.set_len(self.size) {
+            tracing::warn!(path = %self.log_path.display(), error = %e,
+                "cannot give back the blocks reserved past a sealed segment");
+            return;
+        }
         if let Ok(modified) = modified {
             let _ = self.file.set_modified(modified);
         }
         self.reserved = Some(self.size);
-        Ok(())
     }
 
     /// Cuts the file at `position` (which also frees any reservation past it).
@@ -786,7 +794,7 @@ impl Segment {
         if self.is_sealed() {
             return Ok(());
         }
-        self.release_reserved()?;
+        self.release_reserved();
         self.append_last_time_entry();
         self.offset_index.seal()?;
         self.time_index.seal()?;
