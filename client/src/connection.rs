@@ -40,6 +40,58 @@ pub fn raw_client(channel: Channel) -> tonic::client::Grpc<Channel> {
     tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
+/// Opens the streaming call `path` on `channel` with a request body of gRPC frames built
+/// by the caller (`body` yields each message already length-prefixed, in as many pieces as
+/// it likes: sent as they are, not copied into one message buffer), and its answers read
+/// with `decoder`, within the same limits as [`raw_client`]'s calls.
+pub(crate) async fn raw_streaming<B, D>(
+    channel: &Channel,
+    path: &'static str,
+    body: B,
+    decoder: D,
+) -> std::result::Result<tonic::Streaming<D::Item>, tonic::Status>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    D: tonic::codec::Decoder<Error = tonic::Status> + Send + 'static,
+{
+    use tonic::client::GrpcService;
+    use tonic::codegen::http::{self, header};
+    let mut channel = channel.clone();
+    std::future::poll_fn(|cx| GrpcService::<tonic::body::Body>::poll_ready(&mut channel, cx))
+        .await
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
+    // What tonic's own client sends: its channel adds the scheme, host and user agent.
+    let mut request = http::Request::new(tonic::body::Body::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(path);
+    *request.version_mut() = http::Version::HTTP_2;
+    let headers = request.headers_mut();
+    headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    let response = GrpcService::call(&mut channel, request)
+        .await
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
+    // As tonic's client reads an answer: a status in the headers (trailers only) ends
+    // the call at once; the broker compresses no answers.
+    let status_code = response.status();
+    let (parts, body) = response.into_parts();
+    match tonic::Status::from_header_map(&parts.headers) {
+        Some(status) if status.code() != tonic::Code::Ok => Err(status),
+        Some(_) => Ok(tonic::Streaming::new_empty(decoder, body)),
+        None => Ok(tonic::Streaming::new_response(
+            decoder,
+            body,
+            status_code,
+            None,
+            Some(MAX_RESPONSE_BYTES),
+        )),
+    }
+}
+
 /// [`connect`]'s channel.
 pub async fn connect_channel(addr: &str) -> Result<Channel> {
     let uri = if addr.contains("://") {

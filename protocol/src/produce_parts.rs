@@ -2,7 +2,7 @@
 //! encoded back to back straight into the gRPC message, without first being joined into
 //! one buffer (a copy of every byte produced).
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::v1;
@@ -29,10 +29,9 @@ impl ProduceParts {
     fn records_len(&self) -> usize {
         self.records.iter().map(Bytes::len).sum()
     }
-}
 
-impl prost::Message for ProduceParts {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
+    /// Every field up to the records' bytes: the fields, then the records' key and length.
+    fn encode_head(&self, buf: &mut impl BufMut) {
         // proto3: fields at their default value are not written.
         if !self.topic.is_empty() {
             encoding::string::encode(TOPIC, &self.topic, buf);
@@ -47,9 +46,30 @@ impl prost::Message for ProduceParts {
         if len != 0 {
             encoding::encode_key(RECORDS, WireType::LengthDelimited, buf);
             encoding::encode_varint(len as u64, buf);
-            for batch in &self.records {
-                buf.put_slice(batch);
-            }
+        }
+    }
+
+    /// The message as a gRPC length-prefixed frame, in pieces to send one after the
+    /// other: the prefix (uncompressed, the message's length) and the fields before the
+    /// records, then the records' batches themselves, not copied.
+    pub fn grpc_frame(&self) -> impl Iterator<Item = Bytes> + '_ {
+        use prost::Message;
+        let mut head = BytesMut::with_capacity(GRPC_PREFIX + 64 + self.topic.len());
+        head.put_u8(0);
+        head.put_u32(self.encoded_len() as u32);
+        self.encode_head(&mut head);
+        std::iter::once(head.freeze()).chain(self.records.iter().filter(|b| !b.is_empty()).cloned())
+    }
+}
+
+/// Bytes before each gRPC message: its compressed flag and its length.
+const GRPC_PREFIX: usize = 5;
+
+impl prost::Message for ProduceParts {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.encode_head(buf);
+        for batch in &self.records {
+            buf.put_slice(batch);
         }
     }
 
@@ -134,6 +154,12 @@ mod tests {
             assert_eq!(parts.encoded_len(), joined.encoded_len());
             let decoded = v1::ProduceRequest::decode(&parts.encode_to_vec()[..]).unwrap();
             assert_eq!(decoded, joined);
+            // As a gRPC frame: the length prefix, then the message, in pieces.
+            let frame: Vec<u8> = parts.grpc_frame().flatten().collect();
+            let message = joined.encode_to_vec();
+            assert_eq!(frame[0], 0, "not compressed");
+            assert_eq!(&frame[1..5], &(message.len() as u32).to_be_bytes());
+            assert_eq!(&frame[5..], &message[..]);
         }
     }
 }

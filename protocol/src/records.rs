@@ -181,12 +181,35 @@ impl BatchBuilder {
         self.count += 1;
     }
 
+    /// Splits off the buffer's room past the records so far, for another batch to encode
+    /// into: this batch takes no more records, and a batch built in the room follows it
+    /// in memory, so the two can be sent as one piece (see `BytesMut::unsplit`).
+    pub fn split_room(&mut self) -> BytesMut {
+        let len = self.buf.len();
+        self.buf.split_off(len)
+    }
+
+    /// Room left in the buffer for records before it has to grow.
+    pub fn room(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
     /// The batch: header, then the records (compressed with `compression`), CRC-32C set.
     pub fn finish(
         self,
         compression: Compression,
         producer: ProducerFields,
     ) -> Result<Bytes, ProtocolError> {
+        self.finish_mut(compression, producer).map(BytesMut::freeze)
+    }
+
+    /// [`finish`](Self::finish), as the buffer the batch was built in (uncompressed) or
+    /// compressed into: batches split from one buffer can be joined again without a copy.
+    pub fn finish_mut(
+        self,
+        compression: Compression,
+        producer: ProducerFields,
+    ) -> Result<BytesMut, ProtocolError> {
         if self.count == 0 {
             return Err(ProtocolError::Codec(
                 "a batch needs at least one record".into(),
@@ -242,7 +265,7 @@ impl BatchBuilder {
             _ => crc32c::crc32c(&out[CRC_START..]),
         };
         out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        Ok(out.freeze())
+        Ok(out)
     }
 }
 

@@ -10,12 +10,18 @@
 //! most `max_in_flight` requests in flight (its sender keeps them in order, retries
 //! included); while it has that many, its batches wait, the open one gathering records.
 //! A request carries every sendable batch, up to `request_bytes`.
+//!
+//! Memory: a batch is built in a buffer of the pool. A partition that fills batches back
+//! to back (one waits full, or it has requests in flight) builds them in a *chunk*
+//! instead, each batch in the room the one before left, so that its requests' batches
+//! lie end to end and are sent as one piece. At most a few partitions hold a chunk at a
+//! time: a chunk is larger than a batch, and a thousand partitions must not each hold one.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fjord_protocol::BatchBuilder;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -28,6 +34,9 @@ use crate::hash::FastMap;
 pub(crate) const BATCH_OVERHEAD: usize = fjord_protocol::batch::HEADER_SIZE;
 /// The most a batch's buffer holds before it grows (a larger `batch_bytes` grows it).
 const MAX_BATCH_CAPACITY: usize = 1 << 20;
+/// The size of a chunk that batches are built in one after the other: about one request
+/// (a request whose batches straddle two chunks goes out as two pieces).
+const CHUNK_BYTES: usize = 1 << 20;
 /// The most a record's framing can take: length, attributes, timestamp and offset deltas,
 /// key and value lengths, header count (varints at their widest).
 const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
@@ -97,6 +106,10 @@ struct Queue<T> {
     full: VecDeque<Batch<T>>,
     /// Requests sent and not yet completed.
     in_flight: usize,
+    /// Whether its batches are built in a chunk (the open one, or the next one in `room`).
+    chunked: bool,
+    /// The room its last batch left in their chunk, where the next one is built.
+    room: Option<BytesMut>,
 }
 
 impl<T> Default for Queue<T> {
@@ -105,6 +118,59 @@ impl<T> Default for Queue<T> {
             open: None,
             full: VecDeque::new(),
             in_flight: 0,
+            chunked: false,
+            room: None,
+        }
+    }
+}
+
+/// Which partitions build their batches in chunks (see the module docs).
+#[derive(Debug)]
+struct Chunks {
+    /// The room a batch needs (its buffer's capacity): a chunk's rest with less is left
+    /// unused. 0: no chunks.
+    batch_room: usize,
+    /// Partitions building batches in a chunk.
+    held: usize,
+    max_held: usize,
+}
+
+impl Chunks {
+    /// The buffer for `queue`'s next batch: the room its chunk has left, else a new chunk
+    /// if it fills batches back to back and few partitions hold one, else a buffer.
+    fn buffer<T>(&mut self, queue: &mut Queue<T>, pool: &BufferPool) -> BytesMut {
+        if let Some(room) = queue.room.take() {
+            return room;
+        }
+        let busy = !queue.full.is_empty() || queue.in_flight > 0;
+        if self.batch_room > 0 && busy && !queue.chunked && self.held < self.max_held {
+            self.held += 1;
+            queue.chunked = true;
+            return pool.take_chunk();
+        }
+        pool.take()
+    }
+
+    /// Takes `queue`'s open batch, which then takes no more records; what is left of its
+    /// chunk is kept for the next batch (or the chunk is done with).
+    fn close<T>(&mut self, queue: &mut Queue<T>) -> Batch<T> {
+        let mut batch = queue.open.take().expect("an open batch");
+        if queue.chunked {
+            if batch.records.room() >= self.batch_room {
+                queue.room = Some(batch.records.split_room());
+            } else {
+                self.release(queue);
+            }
+        }
+        batch
+    }
+
+    /// `queue` gives up its chunk.
+    fn release<T>(&mut self, queue: &mut Queue<T>) {
+        if queue.chunked {
+            queue.chunked = false;
+            queue.room = None;
+            self.held -= 1;
         }
     }
 }
@@ -124,6 +190,7 @@ pub(crate) struct Accumulator<T> {
     pool: BufferPool,
     /// Where batches give their records' room back to.
     buffer: Arc<Semaphore>,
+    chunks: Chunks,
     /// Whether batches are compressed when sent (their CRC is then taken afterwards).
     compressed: bool,
 }
@@ -139,6 +206,11 @@ impl<T> Accumulator<T> {
     ) -> Self {
         let (batch_bytes, request_bytes) = (batch_bytes.max(1), request_bytes.max(1));
         let max_in_flight = max_in_flight.max(1);
+        let pool = BufferPool::new(
+            BATCH_OVERHEAD + batch_bytes.min(MAX_BATCH_CAPACITY),
+            pool_bytes,
+        )
+        .with_chunks(CHUNK_BYTES);
         Accumulator {
             batch_bytes,
             linger,
@@ -147,11 +219,20 @@ impl<T> Accumulator<T> {
             queues: FastMap::default(),
             next_id: 0,
             outstanding: BTreeSet::new(),
-            pool: BufferPool::new(
-                BATCH_OVERHEAD + batch_bytes.min(MAX_BATCH_CAPACITY),
-                pool_bytes,
-            ),
             buffer: Arc::new(Semaphore::new(0)),
+            chunks: Chunks {
+                // A batch larger than a buffer travels in one of its own anyway.
+                batch_room: if pool.chunk() > 0 && batch_bytes < MAX_BATCH_CAPACITY {
+                    pool.capacity()
+                } else {
+                    0
+                },
+                held: 0,
+                // A quarter of what the pool keeps: the chunks partitions hold stay small
+                // beside the buffer.
+                max_held: (pool_bytes / (4 * CHUNK_BYTES)).max(1),
+            },
+            pool,
             compressed: false,
         }
     }
@@ -160,6 +241,10 @@ impl<T> Accumulator<T> {
     /// they are added, since the batch's CRC covers the compressed bytes.
     pub(crate) fn compressing(mut self, compressed: bool) -> Self {
         self.compressed = compressed;
+        if compressed {
+            // A compressed batch is written anew: it leaves its chunk behind.
+            self.chunks.batch_room = 0;
+        }
         self
     }
 
@@ -212,16 +297,16 @@ impl<T> Accumulator<T> {
         if let Some(open) = &queue.open
             && open.size + size > self.batch_bytes
         {
-            let full = queue.open.take().expect("checked");
+            let full = self.chunks.close(queue);
             queue.full.push_back(full);
         }
         let opened = queue.open.is_none();
-        queue.open.get_or_insert_with(|| {
+        if opened {
             let id = self.next_id;
             self.next_id += 1;
             self.outstanding.insert(id);
-            let records = BatchBuilder::with_buffer(self.pool.take());
-            Batch {
+            let records = BatchBuilder::with_buffer(self.chunks.buffer(queue, &self.pool));
+            queue.open = Some(Batch {
                 id,
                 records: if self.compressed {
                     records.without_running_crc()
@@ -236,9 +321,9 @@ impl<T> Accumulator<T> {
                     buffer: Arc::clone(&self.buffer),
                     bytes: 0,
                 },
-            }
-        });
-        let id = Self::push(queue, self.batch_bytes, record, reply);
+            });
+        }
+        let id = Self::push(queue, &mut self.chunks, self.batch_bytes, record, reply);
         (id, opened || queue.open.is_none())
     }
 
@@ -261,7 +346,7 @@ impl<T> Accumulator<T> {
         };
         match self.queues.get_mut(tp) {
             Some(queue) if fits(queue) => {
-                Self::push(queue, self.batch_bytes, record, reply);
+                Self::push(queue, &mut self.chunks, self.batch_bytes, record, reply);
                 Ok(queue.open.is_none())
             }
             _ => Err((record, reply)),
@@ -270,7 +355,13 @@ impl<T> Accumulator<T> {
 
     /// Adds a record to `queue`'s open batch (there is one, with room for it), which
     /// joins the full ones once it reaches `batch_bytes`. Returns the batch's id.
-    fn push(queue: &mut Queue<T>, batch_bytes: usize, record: PendingRecord, reply: T) -> u64 {
+    fn push(
+        queue: &mut Queue<T>,
+        chunks: &mut Chunks,
+        batch_bytes: usize,
+        record: PendingRecord,
+        reply: T,
+    ) -> u64 {
         let batch = queue.open.as_mut().expect("an open batch");
         batch.room.bytes += record.room as usize;
         batch.records.push(
@@ -283,7 +374,7 @@ impl<T> Accumulator<T> {
         batch.size = batch.records.size();
         let id = batch.id;
         if batch.size >= batch_bytes {
-            let full = queue.open.take().expect("just filled");
+            let full = chunks.close(queue);
             queue.full.push_back(full);
         }
         id
@@ -323,7 +414,7 @@ impl<T> Accumulator<T> {
                 let due = open.created + self.linger <= now || open.id < force_below;
                 let fits = batches.is_empty() || bytes + open.size <= self.request_bytes;
                 if due && fits {
-                    batches.push(queue.open.take().expect("checked"));
+                    batches.push(self.chunks.close(queue));
                 }
             }
             if !batches.is_empty() {
@@ -344,6 +435,7 @@ impl<T> Accumulator<T> {
         if let Some(queue) = self.queues.get_mut(tp) {
             queue.in_flight = queue.in_flight.saturating_sub(1);
             if queue.in_flight == 0 && queue.open.is_none() && queue.full.is_empty() {
+                self.chunks.release(queue);
                 self.queues.remove(tp);
             }
         }
@@ -386,6 +478,7 @@ impl<T> Accumulator<T> {
         for queue in self.queues.values_mut() {
             unsent.extend(queue.full.drain(..));
             unsent.extend(queue.open.take());
+            self.chunks.release(queue);
         }
         for batch in &unsent {
             self.outstanding.remove(&batch.id);
@@ -435,15 +528,7 @@ mod tests {
     fn a_new_batch_encodes_into_the_buffer_an_answered_batch_gave_back() {
         let t0 = Instant::now();
         let mut acc = Accumulator::new(16 * 1024, Duration::ZERO, 1 << 20, 1, 1 << 20);
-        let finish = |batch: Batch<u32>| {
-            batch
-                .records
-                .finish(
-                    fjord_protocol::Compression::None,
-                    fjord_protocol::codec::ProducerFields::default(),
-                )
-                .expect("one record")
-        };
+        let finish = |batch| finish_mut(batch).freeze();
         let first = acc.append(&tp(0), record(100), 1u32, t0);
         let mut sent = acc.drain(t0, 0);
         let bytes = finish(sent.remove(0).1.remove(0));
@@ -460,6 +545,100 @@ mod tests {
         let records = fjord_protocol::decode_records(&reused).expect("a whole batch");
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].value.as_ref().map(|v| v.len()), Some(200));
+    }
+
+    fn finish_mut(batch: Batch<u32>) -> BytesMut {
+        batch
+            .records
+            .finish_mut(
+                fjord_protocol::Compression::None,
+                fjord_protocol::codec::ProducerFields::default(),
+            )
+            .expect("records")
+    }
+
+    #[test]
+    fn a_partition_filling_batches_back_to_back_builds_them_end_to_end() {
+        let t0 = Instant::now();
+        // Three records of 100 bytes fill a batch of 500.
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 8, 32 << 20);
+        for i in 0..7 {
+            acc.append(&tp(0), record(100), i, t0);
+        }
+        let queue = &acc.queues[&tp(0)];
+        assert!(
+            queue.chunked,
+            "a full batch waits: the next ones go in a chunk"
+        );
+        assert_eq!(acc.chunks.held, 1);
+        let batches = acc.drain(t0, u64::MAX).remove(0).1;
+        assert_eq!(sizes(&batches), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        let mut pieces = Vec::new();
+        for batch in batches {
+            super::super::pool::push_joined(&mut pieces, finish_mut(batch));
+        }
+        // The first batch opened in a buffer of its own; the two after it lie end to end.
+        assert_eq!(pieces.len(), 2);
+        let counts = |piece: &BytesMut| -> Vec<i32> {
+            fjord_protocol::batch::BatchIter::new(piece)
+                .map(|b| b.expect("a whole batch, CRC right").record_count())
+                .collect()
+        };
+        assert_eq!(counts(&pieces[0]), vec![3]);
+        assert_eq!(counts(&pieces[1]), vec![3, 1]);
+        // The chunk's room is kept for the next batch while requests are in flight.
+        assert!(acc.queues[&tp(0)].room.is_some());
+        let next = acc.append(&tp(0), record(100), 7, t0);
+        acc.complete(&tp(0), &[0, 1, 2]);
+        assert_eq!(acc.chunks.held, 1, "the open batch is in the chunk");
+        let last = acc.drain(t0, u64::MAX).remove(0).1.remove(0);
+        assert_eq!(last.id, next);
+        let at = finish_mut(last).as_ptr();
+        assert_eq!(at, pieces[1].as_ptr().wrapping_add(pieces[1].len()));
+        // Nothing left to send: the partition gives its chunk up.
+        acc.complete(&tp(0), &[next]);
+        assert!(acc.is_idle());
+        assert_eq!(acc.chunks.held, 0);
+    }
+
+    #[test]
+    fn few_partitions_hold_a_chunk_at_a_time() {
+        let t0 = Instant::now();
+        // A pool of 4 MiB: one partition at a time builds in a chunk.
+        let mut acc = Accumulator::new(500, Duration::from_secs(60), 1 << 20, 8, 4 << 20);
+        for p in 0..3 {
+            for i in 0..7 {
+                acc.append(&tp(p), record(100), i, t0);
+            }
+        }
+        let chunked: Vec<bool> = (0..3).map(|p| acc.queues[&tp(p)].chunked).collect();
+        assert_eq!(chunked, vec![true, false, false]);
+        assert_eq!(acc.chunks.held, 1);
+        // Partition 0 done with: partition 1's next batch goes in a chunk.
+        let sent = acc.drain(t0, u64::MAX);
+        for (tp, batches) in &sent {
+            let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+            if tp.partition == 0 {
+                acc.complete(tp, &ids);
+            }
+        }
+        assert_eq!(acc.chunks.held, 0);
+        acc.append(&tp(1), record(100), 7, t0);
+        assert!(acc.queues[&tp(1)].chunked);
+        assert_eq!(acc.chunks.held, 1);
+        // Compressed batches are written anew, so they take no chunks.
+        let mut acc =
+            Accumulator::new(500, Duration::from_secs(60), 1 << 20, 8, 32 << 20).compressing(true);
+        for i in 0..7 {
+            acc.append(&tp(0), record(100), i, t0);
+        }
+        assert!(!acc.queues[&tp(0)].chunked);
+        // Nor do batches as large as a buffer.
+        let mut acc = Accumulator::new(4 << 20, Duration::ZERO, 8 << 20, 8, 32 << 20);
+        for i in 0..3 {
+            acc.append(&tp(0), record(3 << 20), i, t0);
+        }
+        assert!(!acc.queues[&tp(0)].chunked);
     }
 
     #[test]

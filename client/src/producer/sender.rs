@@ -13,8 +13,11 @@
 //! order.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use fjord_protocol::ProduceParts;
 use fjord_protocol::codec::ProducerFields;
 use fjord_protocol::v1;
@@ -22,10 +25,10 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::accumulator::Batch;
-use super::pool::BufferPool;
+use super::pool::{BufferPool, push_joined};
 use super::{Acks, Done, ProducerConfig, RecordMetadata, Reply};
 use crate::TopicPartition;
-use crate::connection::{REQUEST_TIMEOUT, raw_client};
+use crate::connection::{REQUEST_TIMEOUT, raw_streaming};
 use crate::error::ClientError;
 
 /// The gRPC method of `ProduceStream`.
@@ -128,13 +131,13 @@ impl Sender {
     /// none could be (the dispatcher has been told).
     fn encode(&self, batches: Vec<Batch<Reply>>) -> Option<InFlight> {
         let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
-        let mut encoded = Vec::with_capacity(batches.len());
+        let mut encoded: Vec<BytesMut> = Vec::with_capacity(batches.len());
         let mut sent = Vec::with_capacity(batches.len());
         for mut batch in batches {
             let built = std::mem::take(&mut batch.records);
-            match built.finish(self.config.compression, ProducerFields::default()) {
+            match built.finish_mut(self.config.compression, ProducerFields::default()) {
                 Ok(bytes) => {
-                    encoded.push(bytes);
+                    push_joined(&mut encoded, bytes);
                     sent.push(batch);
                 }
                 Err(e) => fail(batch, ClientError::from(e)),
@@ -150,12 +153,12 @@ impl Sender {
             Acks::All => v1::Acks::All,
         };
         Some(InFlight {
-            // The batches are encoded back to back into the gRPC message, not joined.
+            // The batches are sent as they are, after the message's other fields.
             request: ProduceParts {
                 topic: self.tp.topic.clone(),
                 partition: self.tp.partition,
                 acks: acks as i32,
-                records: encoded,
+                records: encoded.into_iter().map(BytesMut::freeze).collect(),
             },
             batches: sent,
             ids,
@@ -177,23 +180,21 @@ impl Sender {
 
     /// Opens a stream, with `first` sent on it.
     async fn open(&self, first: Vec<ProduceParts>) -> Result<Stream, ClientError> {
-        let (requests, mut rx) = mpsc::unbounded_channel();
+        let (requests, rx) = mpsc::unbounded_channel();
         for request in first {
             let _ = requests.send(request);
         }
-        let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        // The generated client's call, with `ProduceParts` for `ProduceRequest`.
-        let mut grpc = raw_client(self.channel.clone());
-        grpc.ready()
+        let body = RequestBody {
+            requests: rx,
+            pieces: VecDeque::new(),
+        };
+        let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            v1::ProduceResponse,
+            v1::ProduceResponse,
+        >::default());
+        let answers = raw_streaming(&self.channel, PRODUCE_STREAM, body, decoder)
             .await
-            .map_err(|e| ClientError::Transport(crate::error::error_chain(&e)))?;
-        let codec = PartsCodec;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(PRODUCE_STREAM);
-        let answers = grpc
-            .streaming(tonic::Request::new(outgoing), path, codec)
-            .await
-            .map_err(produce_error)?
-            .into_inner();
+            .map_err(produce_error)?;
         Ok(Stream { requests, answers })
     }
 
@@ -249,40 +250,34 @@ impl Sender {
     }
 }
 
-/// `ProduceStream`'s codec: [`ProduceParts`] out (the message's room reserved at once, not
-/// grown batch by batch), `ProduceResponse` in.
-struct PartsCodec;
-
-struct PartsEncoder;
-
-impl tonic::codec::Encoder for PartsEncoder {
-    type Item = ProduceParts;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: ProduceParts,
-        buf: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use prost::Message;
-        buf.reserve(item.encoded_len());
-        item.encode_raw(buf);
-        Ok(())
-    }
+/// `ProduceStream`'s request body: each request sent on the stream, as its gRPC frame's
+/// pieces (the head, then the batches as they are: no copy into a message buffer). Ends
+/// when the sender drops the stream.
+struct RequestBody {
+    requests: mpsc::UnboundedReceiver<ProduceParts>,
+    /// The rest of the request being sent.
+    pieces: VecDeque<Bytes>,
 }
 
-impl tonic::codec::Codec for PartsCodec {
-    type Encode = ProduceParts;
-    type Decode = v1::ProduceResponse;
-    type Encoder = PartsEncoder;
-    type Decoder = tonic_prost::ProstDecoder<v1::ProduceResponse>;
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
 
-    fn encoder(&mut self) -> Self::Encoder {
-        PartsEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<ProduceParts, v1::ProduceResponse>::default().decoder()
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(piece) = this.pieces.pop_front() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+            }
+            match this.requests.poll_recv(cx) {
+                Poll::Ready(Some(request)) => this.pieces.extend(request.grpc_frame()),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
