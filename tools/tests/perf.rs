@@ -67,14 +67,24 @@ fn check_latencies(report: &Map<String, Value>) {
     assert!(avg <= max, "{report:?}");
 }
 
-/// The high watermark of every partition of `topic`.
-fn high_watermarks(broker: &Broker, topic: &str) -> Vec<i64> {
+/// What `ask` gets from the broker through an admin client.
+fn with_admin<F, T>(broker: &Broker, ask: impl FnOnce(fjord_client::Admin) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
         let admin = fjord_client::Admin::connect(&broker.addr).await.unwrap();
+        ask(admin).await
+    })
+}
+
+/// The high watermark of every partition of `topic`.
+fn high_watermarks(broker: &Broker, topic: &str) -> Vec<i64> {
+    with_admin(broker, |admin| async move {
         let described = admin.describe_topic(topic).await.unwrap();
         described
             .partitions
@@ -82,6 +92,19 @@ fn high_watermarks(broker: &Broker, topic: &str) -> Vec<i64> {
             .map(|p| p.high_watermark)
             .collect()
     })
+}
+
+/// Per partition of `topic`, the first offset with a timestamp at or after `ms`.
+fn offsets_at(broker: &Broker, topic: &str, ms: i64) -> Vec<Option<i64>> {
+    with_admin(broker, |admin| async move {
+        let offsets = admin.list_offsets(topic, fjord_client::OffsetSpec::Timestamp(ms));
+        offsets.await.unwrap().iter().map(|o| o.offset).collect()
+    })
+}
+
+fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.expect("after 1970").as_millis() as i64
 }
 
 #[test]
@@ -98,12 +121,18 @@ fn produce_reports_every_record_as_json() {
         "100",
         "--json",
     ];
+    let before = now_ms();
     let report = json(&ok(fjord(&broker, &args)));
+    let after = now_ms();
     assert_eq!(
         keys(&report),
         sorted(&[&RATE_KEYS[..], &LATENCY_KEYS[..]].concat())
     );
     check_rates(&report, 2000);
+    // Each record carries the time it was sent as its creation time: none before the run
+    // began, none after it ended.
+    assert_eq!(offsets_at(&broker, "load", before), [Some(0)]);
+    assert_eq!(offsets_at(&broker, "load", after + 1), [None]);
     check_latencies(&report);
     // MB/s is records/s x 100 bytes / 1,000,000 (up to the rounding to 3 decimals).
     let mb = number(&report, "records_per_sec") * 100.0 / 1e6;

@@ -202,6 +202,9 @@ where
     let paced = pacer.is_some();
     let outcomes = Arc::clone(&sent);
     let stop = Arc::clone(&failed);
+    // One clock reading a record, not two: its creation time is taken from the reading its
+    // latency starts from, against a wall-clock reading taken once here.
+    let (wall_start, clock_start) = (wall_clock_ms(), Instant::now());
     let sending = async move {
         let mut i = 0;
         'send: while i < count {
@@ -213,13 +216,15 @@ where
                 if failed.load(Ordering::Relaxed) {
                     break 'send;
                 }
+                let start = Instant::now();
+                let since = start.duration_since(clock_start).as_millis();
                 let record = ProducerRecord {
                     topic: topic.clone(),
                     value: Some(value(i)),
+                    timestamp_ms: Some(wall_start.saturating_add(since as i64)),
                     ..ProducerRecord::default()
                 };
                 let (done, stop) = (Arc::clone(&outcomes), Arc::clone(&failed));
-                let start = Instant::now();
                 let queued = producer
                     .send_with(record, move |result| {
                         let latency = start.elapsed();
@@ -260,6 +265,13 @@ where
     // Every callback has run (flush waits for all answers); take the results.
     let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(sent)
+}
+
+/// Now, in milliseconds since the epoch.
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
