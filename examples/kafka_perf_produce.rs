@@ -72,10 +72,11 @@ struct Outcomes {
 }
 
 /// The outcomes, and the sending thread's wake-up when a delivery makes room.
-#[derive(Default)]
 struct Shared {
     outcomes: Mutex<Outcomes>,
     room: Condvar,
+    /// What the send times (the records' delivery opaques) count from.
+    start: Instant,
 }
 
 impl Shared {
@@ -101,16 +102,23 @@ struct Context(Arc<Shared>);
 
 impl ClientContext for Context {}
 
-impl ProducerContext for Context {
-    /// When the record was handed to the producer.
-    type DeliveryOpaque = Box<Instant>;
+/// Microseconds since `start`: a record's send time, carried as its delivery opaque (a
+/// number, not a box: no allocation per record).
+fn micros_since(start: Instant) -> usize {
+    start.elapsed().as_micros() as usize
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+impl ProducerContext for Context {
+    /// When the record was handed to the producer ([`micros_since`] the start).
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: Self::DeliveryOpaque) {
+        let now_us = micros_since(self.0.start);
         let mut outcomes = self.0.outcomes();
         match result {
             Ok(_) => outcomes
                 .latencies_us
-                .push(sent.elapsed().as_micros() as u64),
+                .push(now_us.saturating_sub(sent_us) as u64),
             Err((e, _)) => {
                 outcomes.failed += 1;
                 outcomes.first_error.get_or_insert_with(|| e.to_string());
@@ -134,7 +142,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        outcomes: Mutex::default(),
+        room: Condvar::new(),
+        start: Instant::now(),
+    });
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &args.bootstrap)
@@ -151,9 +163,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let value = vec![b'x'; args.record_size];
     let start = Instant::now();
     for _ in 0..args.num_records {
-        let mut opaque = Box::new(Instant::now());
+        let mut opaque = micros_since(shared.start);
         loop {
-            let record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&args.topic, opaque)
+            let record = BaseRecord::<(), [u8], usize>::with_opaque_to(&args.topic, opaque)
                 .payload(&value[..]);
             match producer.send(record) {
                 Ok(()) => break,
