@@ -69,8 +69,9 @@ use super::{BrokerError, stopped};
 /// The most Kafka connections served at once; more wait in the accept backlog.
 pub const CONNECTIONS_MAX: usize = 4096;
 
-/// What a frame is read into at first; it grows as its bytes arrive, so a peer that
-/// declares a large frame and sends nothing holds little memory.
+/// What a frame is read into at first, unless the peer has sent a larger frame whole
+/// before; it grows as its bytes arrive, so a peer that declares a large frame and sends
+/// nothing holds little memory.
 const FRAME_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Why a connection is closed.
@@ -203,8 +204,9 @@ async fn connection(
     // Aborted when this returns, whatever the reason.
     let _read_ahead = AbortOnDrop(tokio::spawn(async move {
         let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
+        let mut largest = 0;
         loop {
-            match read_frame(&mut reader, max, &budget).await {
+            match read_frame(&mut reader, max, &budget, &mut largest).await {
                 Ok(Some(frame)) => {
                     if frames.send(Ok(frame)).await.is_err() {
                         return;
@@ -294,10 +296,16 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Reads one size-prefixed frame, taking its size (at most the whole budget) from
 /// `budget` first; `None` when the peer closed the connection between frames.
+///
+/// `largest` is the largest frame this peer has sent whole so far. A frame up to that
+/// size is read into a buffer of its size at once: growing it as the bytes arrive copies
+/// what came before at each step, as much again as the frame for a 1 MB produce, and a
+/// peer that has sent such a frame could hold as much by sending another slowly.
 async fn read_frame(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     max: usize,
     budget: &Arc<Semaphore>,
+    largest: &mut usize,
 ) -> Result<Option<ReadFrame>, KafkaError> {
     let mut size = [0u8; 4];
     match stream.read_exact(&mut size).await {
@@ -316,15 +324,18 @@ async fn read_frame(
         .acquire_many_owned(share)
         .await
         .expect("never closed");
-    let mut frame = BytesMut::with_capacity(size.min(FRAME_CHUNK_BYTES));
+    let mut frame = BytesMut::with_capacity(size.min(FRAME_CHUNK_BYTES.max(*largest)));
     while frame.len() < size {
-        let want = (size - frame.len()).min(FRAME_CHUNK_BYTES);
-        frame.reserve(want);
+        if frame.len() == frame.capacity() {
+            frame.reserve((size - frame.len()).min(FRAME_CHUNK_BYTES));
+        }
+        let want = size - frame.len();
         let read = stream.read_buf(&mut (&mut frame).limit(want)).await?;
         if read == 0 {
             return Err(KafkaError::Truncated);
         }
     }
+    *largest = (*largest).max(size);
     Ok(Some((frame.freeze(), permit)))
 }
 
@@ -367,11 +378,7 @@ fn supported(api: ApiKey) -> Option<(i16, i16)> {
 impl KafkaService {
     /// Decodes one request frame, serves it, and returns the response frame (`None` for
     /// acks=0 produces, which get none).
-    async fn handle(
-        &self,
-        mut frame: Bytes,
-        client_host: &str,
-    ) -> Result<Option<Answer>, KafkaError> {
+    async fn handle(&self, frame: Bytes, client_host: &str) -> Result<Option<Answer>, KafkaError> {
         if frame.len() < 8 {
             return Err(KafkaError::ShortFrame(frame.len()));
         }
@@ -408,18 +415,18 @@ impl KafkaService {
                 max,
             });
         }
-        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-            .map_err(decode_error(api, version))?;
-        let request =
-            RequestKind::decode(api, &mut frame, version).map_err(decode_error(api, version))?;
+        let (header, request) = decode(frame, api, version)?;
         let response = match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
             RequestKind::Produce(r) => {
+                // The records are slices of the frame: with the header (its client id
+                // is another slice) gone too, the append takes them as they are.
+                let correlation_id = header.correlation_id;
+                drop(header);
                 let Some(answer) = self.produce(r).await else {
                     return Ok(None);
                 };
-                let correlation_id = header.correlation_id;
                 return Ok(Some(Answer::Later(Box::pin(async move {
                     let response = ResponseKind::Produce(answer.await);
                     encode(api, version, correlation_id, &response)
@@ -519,6 +526,20 @@ fn unsupported_answer(api: ApiKey, version: i16, correlation_id: i32) -> Option<
         DescribeLogDirs => DescribeLogDirsResponse,
     );
     encode(api, version, correlation_id, &response).ok()
+}
+
+/// A request frame's header and request, decoded; the frame itself is dropped, so what
+/// holds its bytes afterwards is only the slices the two keep (names, records).
+fn decode(
+    mut frame: Bytes,
+    api: ApiKey,
+    version: i16,
+) -> Result<(RequestHeader, RequestKind), KafkaError> {
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(decode_error(api, version))?;
+    let request =
+        RequestKind::decode(api, &mut frame, version).map_err(decode_error(api, version))?;
+    Ok((header, request))
 }
 
 fn decode_error<E: std::fmt::Display>(api: ApiKey, version: i16) -> impl Fn(E) -> KafkaError {
@@ -676,6 +697,41 @@ mod tests {
             let known = api.valid_versions();
             assert!(known.min <= min && max <= known.max, "{api:?} {min}-{max}");
         }
+    }
+
+    /// Two 1 MB frames, each arriving in 64 KiB pieces: the first grows as it arrives,
+    /// the second is read into one buffer of its size.
+    #[tokio::test]
+    async fn a_frame_no_larger_than_one_sent_before_is_read_into_one_buffer() {
+        let size = 1_000_000;
+        let (mut peer, mut stream) = tokio::io::duplex(64 * 1024);
+        let sent = tokio::spawn(async move {
+            for fill in [1u8, 2] {
+                peer.write_all(&(size as i32).to_be_bytes()).await.unwrap();
+                peer.write_all(&vec![fill; size]).await.unwrap();
+            }
+        });
+        let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES));
+        let mut largest = 0;
+        let mut capacities = Vec::new();
+        for fill in [1u8, 2] {
+            let (frame, _permit) = read_frame(&mut stream, size, &budget, &mut largest)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(frame.len() == size && frame.iter().all(|&b| b == fill));
+            capacities.push(frame.try_into_mut().unwrap().capacity());
+        }
+        sent.await.unwrap();
+        assert_eq!(largest, size);
+        assert!(capacities[0] > size, "grown by doubling: {capacities:?}");
+        assert_eq!(capacities[1], size);
+        assert!(
+            read_frame(&mut stream, size, &budget, &mut largest)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

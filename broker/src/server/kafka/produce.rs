@@ -5,8 +5,10 @@
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
+use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -32,8 +34,15 @@ struct Appended {
 impl KafkaService {
     /// Appends the request's records and returns what answers it; `None` for acks=0,
     /// which gets no response.
+    ///
+    /// The records are slices of the request's frame, and the append assigns offsets in
+    /// place without a copy once nothing else holds the frame: the caller drops the frame
+    /// and the request header first, and [`take_apart`] keeps no other slice of it. In a
+    /// request for several partitions, the records of all but the last one appended are
+    /// copied.
     pub(super) async fn produce(&self, request: ProduceRequest) -> Option<ProduceAnswer> {
-        let acks = match request.acks {
+        let (acks, topic_data) = take_apart(request);
+        let acks = match acks {
             0 => Some(Acks::None),
             1 => Some(Acks::Leader),
             -1 => Some(Acks::All),
@@ -42,12 +51,10 @@ impl KafkaService {
         // The partitions of one request are appended concurrently; a partition appears
         // once per request, and this returns once every append is done, so the order
         // within a partition is the order of the requests.
-        let mut topics = Vec::with_capacity(request.topic_data.len());
-        for topic in request.topic_data {
-            let name = topic.name.0.to_string();
-            let mut partitions = Vec::with_capacity(topic.partition_data.len());
-            for data in topic.partition_data {
-                let index = data.index;
+        let mut topics = Vec::with_capacity(topic_data.len());
+        for (topic_name, name, partition_data) in topic_data {
+            let mut partitions = Vec::with_capacity(partition_data.len());
+            for (index, records) in partition_data {
                 let target = self.partition(&name, index);
                 let topic = name.clone();
                 let append = tokio::spawn(async move {
@@ -70,7 +77,7 @@ impl KafkaService {
                             return refused(response);
                         }
                     };
-                    let Some(records) = data.records else {
+                    let Some(records) = records else {
                         response.error_code = ResponseError::CorruptMessage.code();
                         return refused(response);
                     };
@@ -98,7 +105,7 @@ impl KafkaService {
                 });
                 partitions.push((index, append));
             }
-            topics.push((topic.name, name, partitions));
+            topics.push((topic_name, name, partitions));
         }
         let mut appended = Vec::with_capacity(topics.len());
         for (name, topic, partitions) in topics {
@@ -156,10 +163,106 @@ impl KafkaService {
     }
 }
 
+/// A topic's name, as the answer carries it and as a string, and its partitions' records.
+type TopicRecords = (TopicName, String, Vec<(i32, Option<Bytes>)>);
+
+/// The request's acks and records, with nothing else of it kept: the topic names are
+/// copied, since the decoded ones are slices of the frame as the records are.
+fn take_apart(request: ProduceRequest) -> (i16, Vec<TopicRecords>) {
+    let topics = request.topic_data.into_iter().map(|topic| {
+        let name = topic.name.0.to_string();
+        let partitions = topic.partition_data.into_iter();
+        (
+            TopicName(StrBytes::from_string(name.clone())),
+            name,
+            partitions.map(|data| (data.index, data.records)).collect(),
+        )
+    });
+    (request.acks, topics.collect())
+}
+
 /// A partition's answer refused with the storage error `e`.
 fn refuse(response: &mut PartitionProduceResponse, e: &StorageError) {
     response.base_offset = -1;
     response.log_append_time_ms = -1;
     response.error_code = storage_error_code(e);
     response.error_message = Some(e.to_string().into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::kafka::decode;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, TransactionalId};
+    use kafka_protocol::protocol::Encodable;
+
+    /// A produce request's frame as a client sends it (without the size prefix), with a
+    /// client id, a transactional id and a topic name: slices of the frame once decoded.
+    fn frame(partitions: &[(i32, &[u8])]) -> Bytes {
+        let version = 9;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("rdkafka")));
+        let data = partitions.iter().map(|&(index, records)| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(Some(Bytes::copy_from_slice(records)))
+        });
+        let request = ProduceRequest::default()
+            .with_acks(1)
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partition_data(data.collect()),
+            ]);
+        let mut frame = BytesMut::new();
+        let header_version = ApiKey::Produce.request_header_version(version);
+        header.encode(&mut frame, header_version).unwrap();
+        request.encode(&mut frame, version).unwrap();
+        frame.freeze()
+    }
+
+    #[test]
+    fn a_partitions_records_are_taken_without_a_copy_once_the_header_is_gone() {
+        let (header, request) = decode(frame(&[(0, b"batch")]), ApiKey::Produce, 9).unwrap();
+        let RequestKind::Produce(request) = request else {
+            panic!("not a produce request");
+        };
+        assert_eq!(header.client_id.as_deref(), Some("rdkafka"));
+        drop(header);
+        let (acks, topics) = take_apart(request);
+        assert_eq!(acks, 1);
+        let [(name, topic, partitions)] = <[_; 1]>::try_from(topics).unwrap();
+        assert_eq!((&*name.0, topic.as_str()), ("orders", "orders"));
+        let [(index, Some(records))] = <[_; 1]>::try_from(partitions).unwrap() else {
+            panic!("no records");
+        };
+        assert_eq!(index, 0);
+        let records = records
+            .try_into_mut()
+            .expect("nothing else holds the frame");
+        assert_eq!(&records[..], b"batch");
+    }
+
+    #[test]
+    fn several_partitions_share_the_frame_until_all_but_one_are_dropped() {
+        let request = frame(&[(0, b"first"), (1, b"second")]);
+        let (_, RequestKind::Produce(request)) = decode(request, ApiKey::Produce, 9).unwrap()
+        else {
+            panic!("not a produce request");
+        };
+        let (_, mut topics) = take_apart(request);
+        let mut records = topics.remove(0).2.into_iter().map(|(_, r)| r.unwrap());
+        let (first, second) = (records.next().unwrap(), records.next().unwrap());
+        let first = first
+            .try_into_mut()
+            .expect_err("the second still holds the frame");
+        drop(first);
+        assert_eq!(&second.try_into_mut().unwrap()[..], b"second");
+    }
 }
