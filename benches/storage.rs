@@ -156,7 +156,7 @@ impl AppendState {
                 start = Instant::now();
             }
             for _ in 0..appends {
-                black_box(self.log.append(&mut self.batch, EPOCH).expect("append"));
+                black_box(self.log.append(&self.batch, EPOCH).expect("append"));
             }
             if fsync {
                 black_box(self.log.flush().expect("flush"));

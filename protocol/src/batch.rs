@@ -291,23 +291,60 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
-/// Rewrites the fields the broker owns on append: the base offset and the partition leader
-/// epoch, which lie outside the CRC-covered region, so the CRC stays valid.
+/// How many leading bytes of a batch an append rewrites: up to the end of maxTimestamp,
+/// which covers the base offset, the partition leader epoch and, for LogAppendTime, the
+/// CRC, the attributes and maxTimestamp.
+pub const PATCHED_PREFIX: usize = MAX_TIMESTAMP_AT + 8;
+
+/// The first [`PATCHED_PREFIX`] bytes of `batch` as the broker writes them on append: the
+/// base offset and partition leader epoch assigned (both outside the CRC), and, with
+/// `log_append_time`, the timestamp type and maxTimestamp turned into LogAppendTime as
+/// Kafka does, with the CRC computed again over them and the rest of `batch`. `batch` is
+/// left as it is: an append writes this prefix and `batch[PATCHED_PREFIX..]` side by side.
 ///
 /// `batch` must hold exactly one batch that passed [`BatchHeader::parse`].
-pub fn assign_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
-    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
-    batch[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+pub fn patched_prefix(
+    batch: &[u8],
+    base_offset: i64,
+    leader_epoch: i32,
+    log_append_time: Option<i64>,
+) -> [u8; PATCHED_PREFIX] {
+    let mut prefix: [u8; PATCHED_PREFIX] = batch[..PATCHED_PREFIX]
+        .try_into()
+        .expect("a parsed batch holds a whole header");
+    prefix[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
+    prefix[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+    if let Some(now_ms) = log_append_time {
+        let attributes = be_i16(&prefix, ATTRIBUTES_AT) | ATTR_LOG_APPEND_TIME;
+        prefix[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        prefix[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&prefix[CRC_START..]),
+            &batch[PATCHED_PREFIX..],
+        );
+        prefix[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+    prefix
 }
 
-/// Turns the batch's timestamps into LogAppendTime `now_ms` as Kafka does: sets the
-/// timestamp-type attribute and maxTimestamp, and recomputes the CRC, which covers both.
+/// Rewrites the fields the broker owns on append in place: the base offset and the
+/// partition leader epoch, which lie outside the CRC-covered region, so the CRC stays
+/// valid. See [`patched_prefix`].
+pub fn assign_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    let prefix = patched_prefix(batch, base_offset, leader_epoch, None);
+    batch[..PATCHED_PREFIX].copy_from_slice(&prefix);
+}
+
+/// Turns the batch's timestamps into LogAppendTime `now_ms` in place, as Kafka does: sets
+/// the timestamp-type attribute and maxTimestamp, and recomputes the CRC, which covers
+/// both. See [`patched_prefix`].
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = be_i16(batch, ATTRIBUTES_AT) | ATTR_LOG_APPEND_TIME;
-    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
-    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    let (base_offset, epoch) = (
+        be_i64(batch, BASE_OFFSET_AT),
+        be_i32(batch, LEADER_EPOCH_AT),
+    );
+    let prefix = patched_prefix(batch, base_offset, epoch, Some(now_ms));
+    batch[..PATCHED_PREFIX].copy_from_slice(&prefix);
 }
 
 /// CRC-32C's polynomial, bit-reflected.
@@ -478,6 +515,26 @@ mod tests {
         let h = BatchHeader::validate(&bytes).unwrap();
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp(), 99_000);
+    }
+
+    #[test]
+    fn the_patched_prefix_leaves_the_batch_alone_and_matches_a_patch_in_place() {
+        let bytes = sample();
+        for log_append_time in [None, Some(99_000)] {
+            let prefix = patched_prefix(&bytes, 1234, 7, log_append_time);
+            assert_eq!(bytes, sample(), "the batch itself is not changed");
+            let mut patched = sample();
+            assign_offsets(&mut patched, 1234, 7);
+            if let Some(now) = log_append_time {
+                set_log_append_time(&mut patched, now);
+            }
+            assert_eq!(prefix[..], patched[..PATCHED_PREFIX]);
+            let mut joined = prefix.to_vec();
+            joined.extend_from_slice(&bytes[PATCHED_PREFIX..]);
+            let h = BatchHeader::validate(&joined).unwrap();
+            assert_eq!(h.base_offset(), 1234);
+            assert_eq!(h.is_log_append_time(), log_append_time.is_some());
+        }
     }
 
     #[test]

@@ -286,7 +286,7 @@ fn write_fixture_log(dir: &Path) {
                 .expect("encode a fixture batch");
             bytes.extend_from_slice(&encoded);
         }
-        let info = log.append(&mut bytes, append.leader_epoch).expect("append");
+        let info = log.append(&bytes, append.leader_epoch).expect("append");
         assert_eq!(info.batches, append.batches.len());
     }
     log.update_high_watermark(fixture_high_watermark());
@@ -1264,10 +1264,10 @@ fn compressed_batches_are_stored_as_sent() {
     };
     let mut log = Log::open(&dir, config.clone(), fixture_clock()).expect("open");
     // Something first, so that offsets are rewritten to non-zero values.
-    let mut first = encode_batch_with(&compressible_records(3), Compression::None, producer(3))
+    let first = encode_batch_with(&compressible_records(3), Compression::None, producer(3))
         .expect("encode")
         .to_vec();
-    log.append(&mut first, 1).expect("append");
+    log.append(&first, 1).expect("append");
 
     // (base offset, epoch, codec, bytes as sent)
     let mut sent = Vec::new();
@@ -1275,7 +1275,7 @@ fn compressed_batches_are_stored_as_sent() {
         let batch = encode_batch_with(&compressible_records(20 + i), codec, producer(20 + i))
             .expect("encode");
         let epoch = 2 + i as i32;
-        let info = log.append(&mut batch.to_vec(), epoch).expect("append");
+        let info = log.append(&batch, epoch).expect("append");
         sent.push((info.first_offset, epoch, codec, batch));
     }
     // All four codecs in one write.
@@ -1287,7 +1287,7 @@ fn compressed_batches_are_stored_as_sent() {
         sizes.push((codec, batch.clone()));
         together.extend_from_slice(&batch);
     }
-    let info = log.append(&mut together, 9).expect("append");
+    let info = log.append(&together, 9).expect("append");
     assert_eq!(info.batches, 4);
     let mut offset = info.first_offset;
     for (codec, batch) in sizes {
@@ -1390,17 +1390,17 @@ fn missing_timeindex_keeps_the_segment_max_timestamp() {
             Some(vec![b'v'; 300]),
             ts,
         )];
-        let mut batch = encode_batch_with(&records, Compression::None, ProducerFields::default())
+        let batch = encode_batch_with(&records, Compression::None, ProducerFields::default())
             .expect("encode")
             .to_vec();
-        log.append(&mut batch, 0).expect("append");
+        log.append(&batch, 0).expect("append");
     }
     log.roll().expect("roll");
     let records = [RecordInput::new(None, Some(b"v".to_vec()), T0 + 200_000)];
-    let mut batch = encode_batch_with(&records, Compression::None, ProducerFields::default())
+    let batch = encode_batch_with(&records, Compression::None, ProducerFields::default())
         .expect("encode")
         .to_vec();
-    log.append(&mut batch, 0).expect("append");
+    log.append(&batch, 0).expect("append");
     log.update_high_watermark(log.log_end_offset());
     assert_eq!(
         log.segments().iter().next().map(|s| s.max_timestamp()),

@@ -618,9 +618,9 @@ mod tests {
 
     fn append(topics: &TopicManager, name: &str, partition: u32, value: &str) {
         let input = RecordInput::new(None, Some(value.as_bytes().to_vec()), 0);
-        let mut batch = encode_batch(&[input], Compression::None).unwrap().to_vec();
+        let batch = encode_batch(&[input], Compression::None).unwrap().to_vec();
         let partition = topics.partition(name, partition).unwrap();
-        partition.append(&mut batch, Acks::Leader).unwrap();
+        partition.append(&batch, Acks::Leader).unwrap();
     }
 
     #[test]

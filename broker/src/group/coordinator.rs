@@ -607,10 +607,8 @@ impl Coordinator {
         }
         let p = records::partition_for(group, self.partitions);
         let partition = self.topics.partition(OFFSETS_TOPIC, p)?;
-        let mut batch = encode_batch(inputs, Compression::None)
-            .map_err(StorageError::Codec)?
-            .to_vec();
-        partition.append(&mut batch, Acks::All)?;
+        let batch = encode_batch(inputs, Compression::None).map_err(StorageError::Codec)?;
+        partition.append(&batch, Acks::All)?;
         Ok(())
     }
 }

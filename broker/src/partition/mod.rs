@@ -152,14 +152,14 @@ impl Partition {
     }
 
     /// Appends `batches` as the leader and waits as `acks` says. Blocking.
-    pub fn append(&self, batches: &mut [u8], acks: Acks) -> Result<AppendInfo, StorageError> {
+    pub fn append(&self, batches: &[u8], acks: Acks) -> Result<AppendInfo, StorageError> {
         let policy = self.flush_policy();
         let info = self.append_locked(&mut self.log_mut(), batches)?;
         self.after_append(info, acks, policy)
     }
 
     /// The append itself, under the log's write lock.
-    fn append_locked(&self, log: &mut Log, batches: &mut [u8]) -> Result<AppendInfo, StorageError> {
+    fn append_locked(&self, log: &mut Log, batches: &[u8]) -> Result<AppendInfo, StorageError> {
         if self.is_deleted() {
             return Err(StorageError::LogOffline {
                 dir: log.dir().to_path_buf(),
@@ -215,17 +215,14 @@ impl Partition {
 
     /// The append of [`produce`](Self::produce), for acks 0 or 1 (the flush.messages
     /// policy still applies), on a blocking thread unless it is small and the lock free.
-    /// Offsets are patched in place: the buffer is taken as it is when nothing else
-    /// shares it, and copied only when something does.
+    /// The records are written as they are, never copied: the log writes each batch's
+    /// patched header beside them ([`Log::append`]).
     async fn produce_appended(
         self: &Arc<Self>,
         records: Bytes,
         acks: Acks,
     ) -> Result<Produced, StorageError> {
         debug_assert!(acks != Acks::All, "acks=all waits on the durable watch");
-        let mut records = records
-            .try_into_mut()
-            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
         // A small append that waits for no fsync (acks 0 or 1, no flush.messages policy) is
         // a page-cache write of microseconds: done here when the lock is free and no roll
         // (which fsyncs) is due, without the hop to a blocking thread and back.
@@ -237,7 +234,7 @@ impl Partition {
             && let Ok(mut log) = self.log.try_write()
             && !log.would_roll(records.len() as u64)
         {
-            let appended = self.append_locked(&mut log, &mut records);
+            let appended = self.append_locked(&mut log, &records);
             let log_start_offset = log.log_start_offset();
             drop(log);
             let info = appended.and_then(|info| self.after_append(info, acks, policy))?;
@@ -248,7 +245,7 @@ impl Partition {
         }
         let partition = self.clone();
         tokio::task::spawn_blocking(move || {
-            let info = partition.append(&mut records, acks)?;
+            let info = partition.append(&records, acks)?;
             let log_start_offset = partition.log().log_start_offset();
             Ok(Produced {
                 info,

@@ -339,7 +339,7 @@ pub fn build(plan: &CleanPlan, config: &CleanerConfig) -> Result<Built> {
                 ".cleaned",
             )?;
             for (bytes, meta) in &kept {
-                segment.append(bytes, std::slice::from_ref(meta))?;
+                segment.append(&[std::io::IoSlice::new(bytes)], std::slice::from_ref(meta))?;
             }
             segment.seal()?;
             segment.flush()?;

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -521,10 +522,12 @@ impl Log {
     }
 
     /// Validates every batch of `batches` (magic, length, CRC-32C, size) before anything
-    /// is written, then assigns offsets from the log end by rewriting each batch's
-    /// baseOffset and partitionLeaderEpoch in place (and LogAppendTime timestamps if the
-    /// log uses them), and writes them with one write. On error the log is unchanged.
-    pub fn append(&mut self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+    /// is written, then assigns offsets from the log end: each batch is written with a
+    /// patched header (its baseOffset and partitionLeaderEpoch, and LogAppendTime
+    /// timestamps if the log uses them; [`batch::patched_prefix`]) beside the rest of
+    /// its bytes, all with one vectored write. `batches` itself is not changed, so the
+    /// caller's buffer is never copied. On error the log is unchanged.
+    pub fn append(&mut self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
         self.check_online()?;
         let sizes = self.validate(batches)?;
         let now = self.clock.now_ms();
@@ -537,12 +540,9 @@ impl Log {
         // of this request leave it (`touched`: the producers' entries as updated here);
         // applied once the write succeeded.
         let mut touched: Vec<(i64, ProducerEntry)> = Vec::new();
+        let mut prefixes = Vec::with_capacity(sizes.len());
         for size in sizes {
-            let bytes = &mut batches[position..position + size];
-            batch::assign_offsets(bytes, next, leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time(bytes, now);
-            }
+            let bytes = &batches[position..position + size];
             let header = BatchHeader::parse(bytes)
                 .map_err(|source| StorageError::InvalidBatch { position, source })?;
             // A producer's batch holds exactly its offset range (Kafka: "inconsistent
@@ -554,7 +554,16 @@ impl Log {
                     source: fjord_protocol::ProtocolError::InvalidCounts,
                 });
             }
-            let meta = BatchMeta::of(&header);
+            let meta = BatchMeta {
+                base_offset: next,
+                last_offset: next + header.last_offset_delta() as i64,
+                max_timestamp: if log_append_time {
+                    now
+                } else {
+                    header.max_timestamp()
+                },
+                size: size as u32,
+            };
             if header.producer_id() >= 0 && header.base_sequence() >= 0 {
                 let id = header.producer_id();
                 let epoch = header.producer_epoch();
@@ -610,6 +619,12 @@ impl Log {
                     }
                 }
             }
+            prefixes.push(batch::patched_prefix(
+                bytes,
+                next,
+                leader_epoch,
+                log_append_time.then_some(now),
+            ));
             next = meta.last_offset + 1;
             metas.push(meta);
             position += size;
@@ -618,7 +633,17 @@ impl Log {
         // In memory: the next flush writes it before the recovery point passes the data,
         // and recovery rebuilds it from the batches after the recovery point.
         self.epochs.assign(leader_epoch, first_offset);
-        let written = self.write(batches, &metas);
+        let mut parts = Vec::with_capacity(2 * metas.len());
+        let mut position = 0;
+        for (prefix, meta) in prefixes.iter().zip(&metas) {
+            let end = position + meta.size as usize;
+            parts.push(IoSlice::new(prefix));
+            parts.push(IoSlice::new(
+                &batches[position + batch::PATCHED_PREFIX..end],
+            ));
+            position = end;
+        }
+        let written = self.write(&parts, &metas);
         self.offline_on_io(written)?;
         for (id, entry) in touched {
             self.producers.insert(id, entry);
@@ -660,7 +685,7 @@ impl Log {
         for (epoch, offset) in epochs {
             self.epochs.assign(epoch, offset);
         }
-        let written = self.write(batches, &metas);
+        let written = self.write(&[IoSlice::new(batches)], &metas);
         self.offline_on_io(written)?;
         Ok(AppendInfo {
             first_offset,
@@ -699,7 +724,9 @@ impl Log {
         Ok(sizes)
     }
 
-    fn write(&mut self, bytes: &[u8], metas: &[BatchMeta]) -> Result<()> {
+    /// Writes `parts`, the bytes of the batches `metas` one after the other.
+    fn write(&mut self, parts: &[IoSlice<'_>], metas: &[BatchMeta]) -> Result<()> {
+        let len: u64 = metas.iter().map(|m| m.size as u64).sum();
         let last_offset = metas.last().expect("at least one batch").last_offset;
         if last_offset - metas[0].base_offset > u32::MAX as i64 {
             // Not even a new segment could index it.
@@ -708,10 +735,10 @@ impl Log {
                 source: fjord_protocol::ProtocolError::InvalidCounts,
             });
         }
-        if self.should_roll(bytes.len() as u64, last_offset) {
+        if self.should_roll(len, last_offset) {
             self.roll_at(metas[0].base_offset)?;
         }
-        self.segments.active_mut().append(bytes, metas)?;
+        self.segments.active_mut().append(parts, metas)?;
         self.log_end_offset = last_offset + 1;
         Ok(())
     }

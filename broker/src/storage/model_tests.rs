@@ -46,8 +46,8 @@ fn append_read_roll_reopen() {
     let mut log = Log::open(dir.path(), small_config(), Arc::new(clock.clone())).unwrap();
     for i in 0..100 {
         let value = format!("value-{i}");
-        let mut b = batch(&[(Some("k"), Some(&value)), (None, Some("x"))], 1_000 + i);
-        let info = log.append(&mut b, 3).unwrap();
+        let b = batch(&[(Some("k"), Some(&value)), (None, Some("x"))], 1_000 + i);
+        let info = log.append(&b, 3).unwrap();
         assert_eq!(info.first_offset, i * 2);
         assert_eq!(info.last_offset, i * 2 + 1);
     }
@@ -301,11 +301,11 @@ fn run_model(config: LogConfig, ops: Vec<Op>) {
                         )
                     })
                     .collect();
-                let mut bytes = encode_batch(&inputs, Compression::ALL[compression])
+                let bytes = encode_batch(&inputs, Compression::ALL[compression])
                     .unwrap()
                     .to_vec();
                 let too_big = bytes.len() > config.max_message_bytes;
-                match l.append(&mut bytes, 1) {
+                match l.append(&bytes, 1) {
                     Ok(info) => {
                         assert!(!too_big);
                         assert_eq!(info.first_offset, model.log_end);

@@ -70,7 +70,7 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
         },
         &clock,
     );
-    log.append(&mut records(&[("a", Some("1"))], 0), 0).unwrap();
+    log.append(&records(&[("a", Some("1"))], 0), 0).unwrap();
     let size = dir_size(dir.path());
     let good = records(&[("b", Some("2"))], 0);
 
@@ -84,7 +84,7 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
     trailing.extend_from_slice(&[0u8; 5]);
     let mut good_then_bad = good.clone();
     good_then_bad.extend_from_slice(&bad_crc);
-    let mut too_large = records(&[("big", Some(&"x".repeat(300)))], 0);
+    let too_large = records(&[("big", Some(&"x".repeat(300)))], 0);
     // lastOffsetDelta 0 for a 1-record batch is right; 3 is not (CRC fixed up).
     let mut bad_range = good.clone();
     bad_range[23..27].copy_from_slice(&3i32.to_be_bytes());
@@ -113,7 +113,7 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
         );
     }
     assert!(matches!(
-        log.append(&mut too_large, 0),
+        log.append(&too_large, 0),
         Err(StorageError::BatchTooLarge {
             size: _,
             limit: 200
@@ -123,7 +123,7 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
     assert_eq!(dir_size(dir.path()), size, "nothing was written");
     assert_eq!(values(&log).len(), 1);
     // The CRC error names what was wrong.
-    let msg = log.append(&mut bad_crc.clone(), 0).unwrap_err().to_string();
+    let msg = log.append(&bad_crc, 0).unwrap_err().to_string();
     assert!(msg.contains("CRC"), "{msg}");
 }
 
@@ -140,11 +140,11 @@ fn corruption_below_the_recovery_point_is_reported_with_its_path() {
         &clock,
     );
     for i in 0..5 {
-        log.append(&mut records(&[("k", Some(&format!("v{i}")))], 0), 0)
+        log.append(&records(&[("k", Some(&format!("v{i}")))], 0), 0)
             .unwrap();
     }
     log.flush().unwrap();
-    log.append(&mut records(&[("k", Some("unflushed"))], 0), 0)
+    log.append(&records(&[("k", Some("unflushed"))], 0), 0)
         .unwrap();
     log.checkpoint().unwrap();
     drop(log); // crash
@@ -178,7 +178,7 @@ fn corruption_below_the_recovery_point_is_reported_with_its_path() {
 fn forty_records_over_several_segments(dir: &Path, clock: &ManualClock) -> Log {
     let mut log = open(dir, config(), clock);
     for i in 0..40 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
+        log.append(&records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
             .unwrap();
     }
     assert!(log.segments().len() > 3);
@@ -242,7 +242,7 @@ fn missing_or_broken_indexes_are_rebuilt() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..40 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], i), 0)
+        log.append(&records(&[("k", Some(&format!("value-{i:03}")))], i), 0)
             .unwrap();
     }
     log.flush().unwrap();
@@ -275,7 +275,7 @@ fn only_the_active_segment_can_be_torn_and_its_tail_is_truncated() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..30 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i}")))], 0), 0)
+        log.append(&records(&[("k", Some(&format!("value-{i}")))], 0), 0)
             .unwrap();
     }
     // Every roll fsync'd the segment it sealed: all but the active one are durable.
@@ -318,10 +318,10 @@ fn the_leader_epoch_cache_is_rebuilt_from_recovered_batches() {
         ..config()
     };
     let mut log = open(dir.path(), big.clone(), &clock);
-    log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
-    log.append(&mut records(&[("k", Some("b"))], 0), 2).unwrap();
-    log.append(&mut records(&[("k", Some("c"))], 0), 2).unwrap();
-    log.append(&mut records(&[("k", Some("d"))], 0), 5).unwrap();
+    log.append(&records(&[("k", Some("a"))], 0), 1).unwrap();
+    log.append(&records(&[("k", Some("b"))], 0), 2).unwrap();
+    log.append(&records(&[("k", Some("c"))], 0), 2).unwrap();
+    log.append(&records(&[("k", Some("d"))], 0), 5).unwrap();
     // Appends change the cache in memory only: a crash before any flush finds no file.
     drop(log);
     assert!(!dir.path().join(super::epoch::FILE_NAME).exists());
@@ -341,8 +341,8 @@ fn a_flush_or_a_roll_writes_the_leader_epochs_before_the_recovery_point_passes_t
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(0);
         let mut log = open(dir.path(), config(), &clock);
-        log.append(&mut records(&[("k", Some("a"))], 0), 1).unwrap();
-        log.append(&mut records(&[("k", Some("b"))], 0), 4).unwrap();
+        log.append(&records(&[("k", Some("a"))], 0), 1).unwrap();
+        log.append(&records(&[("k", Some("b"))], 0), 4).unwrap();
         make_durable(&mut log);
         let written = super::epoch::LeaderEpochCache::load(dir.path()).unwrap();
         assert_eq!(written.entries(), &[(1, 0), (4, 1)]);
@@ -360,11 +360,8 @@ fn segments_without_timestamps_are_neither_rescanned_nor_expired_at_once() {
     let clock = ManualClock::new(SystemClock.now_ms());
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..20 {
-        log.append(
-            &mut records(&[("k", Some(&format!("value-{i:03}")))], -1),
-            0,
-        )
-        .unwrap();
+        log.append(&records(&[("k", Some(&format!("value-{i:03}")))], -1), 0)
+            .unwrap();
     }
     log.update_high_watermark(20);
     let sealed = log.segments().len() - 1;
@@ -403,13 +400,13 @@ fn an_expired_tombstone_past_a_full_offset_map_does_not_resurrect_its_key() {
         ..compacting()
     };
     let mut log = open(dir.path(), cfg, &clock);
-    log.append(&mut records(&[("victim", Some("old"))], 0), 0)
+    log.append(&records(&[("victim", Some("old"))], 0), 0)
         .unwrap();
     for k in 0..5 {
-        log.append(&mut records(&[(&format!("other{k}"), Some("x"))], 0), 0)
+        log.append(&records(&[(&format!("other{k}"), Some("x"))], 0), 0)
             .unwrap();
     }
-    log.append(&mut records(&[("victim", None)], 0), 0).unwrap();
+    log.append(&records(&[("victim", None)], 0), 0).unwrap();
     log.roll().unwrap();
     log.update_high_watermark(log.log_end_offset());
     clock.advance_ms(10_000);
@@ -446,7 +443,7 @@ fn a_compaction_pass_across_a_truncation_is_dropped() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), compacting(), &clock);
     for i in 0..20 {
-        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+        log.append(&records(&[("same", Some(&format!("v{i}")))], 0), 0)
             .unwrap();
     }
     log.roll().unwrap();
@@ -478,14 +475,8 @@ fn group_commit_shares_fsyncs_between_concurrent_appenders() {
             let commit = commit.clone();
             std::thread::spawn(move || {
                 for i in 0..per_thread {
-                    let mut batch = records(&[("k", Some(&format!("{t}-{i}")))], 0);
-                    let end = log
-                        .write()
-                        .unwrap()
-                        .append(&mut batch, 0)
-                        .unwrap()
-                        .last_offset
-                        + 1;
+                    let batch = records(&[("k", Some(&format!("{t}-{i}")))], 0);
+                    let end = log.write().unwrap().append(&batch, 0).unwrap().last_offset + 1;
                     commit
                         .wait_durable(end, || Log::flush_shared(&log))
                         .unwrap();
@@ -527,13 +518,12 @@ fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     let mut log = open(dir.path(), compacting(), &clock);
     for i in 0..30 {
         let key = format!("k{}", i % 3);
-        log.append(&mut records(&[(&key, Some(&format!("v{i}")))], 10_000), 0)
+        log.append(&records(&[(&key, Some(&format!("v{i}")))], 10_000), 0)
             .unwrap();
     }
-    log.append(&mut records(&[("k0", None)], 10_000), 0)
-        .unwrap(); // tombstone at 30
+    log.append(&records(&[("k0", None)], 10_000), 0).unwrap(); // tombstone at 30
     log.roll().unwrap();
-    log.append(&mut records(&[("k1", Some("active"))], 10_000), 0)
+    log.append(&records(&[("k1", Some("active"))], 10_000), 0)
         .unwrap(); // 31
     log.flush().unwrap();
     log.update_high_watermark(log.log_end_offset());
@@ -558,7 +548,7 @@ fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     // After delete.retention.ms the tombstone goes too, once its segment is cleaned again.
     clock.advance_ms(2_000);
     for i in 0..3 {
-        log.append(&mut records(&[("k2", Some(&format!("w{i}")))], 12_000), 0)
+        log.append(&records(&[("k2", Some(&format!("w{i}")))], 12_000), 0)
             .unwrap();
     }
     log.roll().unwrap();
@@ -597,14 +587,14 @@ fn compaction_respects_the_dirty_ratio_and_never_touches_the_active_segment() {
         &clock,
     );
     for i in 0..10 {
-        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+        log.append(&records(&[("same", Some(&format!("v{i}")))], 0), 0)
             .unwrap();
     }
     log.flush().unwrap();
     log.update_high_watermark(log.log_end_offset());
     let cleaner = Cleaner::new(CleanerConfig::default());
     log.roll().unwrap();
-    log.append(&mut records(&[("same", Some("active"))], 0), 0)
+    log.append(&records(&[("same", Some("active"))], 0), 0)
         .unwrap();
     log.flush().unwrap();
     log.update_high_watermark(log.log_end_offset());
@@ -615,8 +605,7 @@ fn compaction_respects_the_dirty_ratio_and_never_touches_the_active_segment() {
     assert_eq!(vals[1].2.as_deref(), Some("active"));
     // Now the clean part dominates: a few dirty bytes stay below the ratio.
     log.roll().unwrap();
-    log.append(&mut records(&[("same", Some("x"))], 0), 0)
-        .unwrap();
+    log.append(&records(&[("same", Some("x"))], 0), 0).unwrap();
     log.roll().unwrap();
     log.flush().unwrap();
     log.update_high_watermark(log.log_end_offset());
@@ -636,7 +625,7 @@ fn the_offset_map_limit_bounds_a_pass() {
     for round in 0..3 {
         for k in 0..10 {
             log.append(
-                &mut records(&[(&format!("k{k}"), Some(&format!("r{round}")))], 0),
+                &records(&[(&format!("k{k}"), Some(&format!("r{round}")))], 0),
                 0,
             )
             .unwrap();
@@ -666,7 +655,7 @@ fn the_offset_map_limit_bounds_a_pass() {
         dedupe_buffer_bytes: 0,
         backoff_ms: 0,
     });
-    log.append(&mut records(&[("k1", Some("a")), ("k2", Some("b"))], 0), 0)
+    log.append(&records(&[("k1", Some("a")), ("k2", Some("b"))], 0), 0)
         .unwrap();
     log.roll().unwrap();
     log.flush().unwrap();
@@ -701,7 +690,7 @@ fn a_crash_at_any_step_of_the_compaction_swap_leaves_a_complete_log() {
         let mut log = open(dir.path(), config.clone(), &clock);
         for i in 0..10 {
             log.append(
-                &mut records(&[(&format!("k{}", i % 2), Some(&format!("v{i}")))], 0),
+                &records(&[(&format!("k{}", i % 2), Some(&format!("v{i}")))], 0),
                 0,
             )
             .unwrap();
@@ -745,7 +734,7 @@ fn retention_by_size_and_time_deletes_old_segments_and_moves_the_start() {
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..40 {
         log.append(
-            &mut records(&[("k", Some(&format!("value-{i:03}")))], 100_000 + i),
+            &records(&[("k", Some(&format!("value-{i:03}")))], 100_000 + i),
             0,
         )
         .unwrap();
@@ -801,7 +790,7 @@ fn delete_records_moves_the_start_within_the_high_watermark() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..20 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
+        log.append(&records(&[("k", Some(&format!("value-{i:03}")))], 0), 0)
             .unwrap();
     }
     assert!(matches!(
@@ -837,15 +826,15 @@ fn segments_roll_on_time_and_on_a_full_index() {
         },
         &clock,
     );
-    log.append(&mut records(&[("k", Some("a"))], 0), 0).unwrap();
-    log.append(&mut records(&[("k", Some("b"))], 0), 0).unwrap();
+    log.append(&records(&[("k", Some("a"))], 0), 0).unwrap();
+    log.append(&records(&[("k", Some("b"))], 0), 0).unwrap();
     assert_eq!(log.segments().len(), 1);
     clock.advance_ms(1_000);
-    log.append(&mut records(&[("k", Some("c"))], 0), 0).unwrap();
+    log.append(&records(&[("k", Some("c"))], 0), 0).unwrap();
     assert_eq!(log.segments().len(), 2, "segment.ms rolled");
     // 64-byte index: 5 time entries of 12 bytes; an entry per batch fills it quickly.
     for i in 0..20 {
-        log.append(&mut records(&[("k", Some(&format!("{i}")))], i + 1), 0)
+        log.append(&records(&[("k", Some(&format!("{i}")))], i + 1), 0)
             .unwrap();
     }
     assert!(
@@ -869,7 +858,7 @@ fn log_append_time_replaces_the_timestamps() {
         &clock,
     );
     let info = log
-        .append(&mut records(&[("k", Some("a")), ("j", Some("b"))], 5), 0)
+        .append(&records(&[("k", Some("a")), ("j", Some("b"))], 5), 0)
         .unwrap();
     assert_eq!(info.log_append_time_ms, Some(777_000));
     let read = log.read(0, 1000, ReadLimit::LogEnd).unwrap();
@@ -882,16 +871,62 @@ fn log_append_time_replaces_the_timestamps() {
 }
 
 #[test]
+fn an_append_writes_patched_batches_and_leaves_the_callers_bytes_alone() {
+    // 600 batches in one append: 1,200 buffers for the vectored write, more than one
+    // pwritev takes (1,024). With LogAppendTime, each header's CRC is computed anew.
+    for timestamp_type in [TimestampType::CreateTime, TimestampType::LogAppendTime] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(777_000);
+        let mut log = open(
+            dir.path(),
+            LogConfig {
+                message_timestamp_type: timestamp_type,
+                ..LogConfig::default()
+            },
+            &clock,
+        );
+        log.append(&records(&[("first", Some("0"))], 5), 3).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..600 {
+            sent.extend_from_slice(&records(&[("k", Some(&format!("v{i}")))], 5));
+        }
+        let before = sent.clone();
+        let info = log.append(&sent, 4).unwrap();
+        assert_eq!(sent, before, "the caller's bytes are not changed");
+        assert_eq!((info.first_offset, info.last_offset), (1, 600));
+        log.update_high_watermark(log.log_end_offset());
+        let read = log.read(1, usize::MAX, ReadLimit::LogEnd).unwrap();
+        assert_eq!(read.records.len(), sent.len());
+        let mut rest = &read.records[..];
+        for offset in 1..=600 {
+            let header = BatchHeader::validate(rest).unwrap();
+            assert_eq!(header.base_offset(), offset);
+            assert_eq!(header.partition_leader_epoch(), 4);
+            let log_append_time = timestamp_type == TimestampType::LogAppendTime;
+            assert_eq!(header.is_log_append_time(), log_append_time);
+            assert_eq!(
+                header.max_timestamp(),
+                if log_append_time { 777_000 } else { 5 }
+            );
+            rest = &rest[header.size()..];
+        }
+        let values = values(&log);
+        assert_eq!(values.len(), 601);
+        assert_eq!(values[600], (600, "k".into(), Some("v599".into())));
+    }
+}
+
+#[test]
 fn reads_stop_at_the_high_watermark_and_return_whole_batches() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
     log.append(
-        &mut records(&[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))], 0),
+        &records(&[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))], 0),
         0,
     )
     .unwrap();
-    log.append(&mut records(&[("d", Some("4"))], 0), 0).unwrap();
+    log.append(&records(&[("d", Some("4"))], 0), 0).unwrap();
     assert!(
         log.read(0, 1000, ReadLimit::HighWatermark)
             .unwrap()
@@ -924,7 +959,7 @@ fn truncation_into_a_sealed_segment_keeps_readers_valid() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
     for i in 0..30 {
-        log.append(&mut records(&[("k", Some(&format!("value-{i:03}")))], 0), 3)
+        log.append(&records(&[("k", Some(&format!("value-{i:03}")))], 0), 3)
             .unwrap();
     }
     let held = log.read(0, 1 << 20, ReadLimit::LogEnd).unwrap().records; // a reader's bytes
@@ -936,8 +971,7 @@ fn truncation_into_a_sealed_segment_keeps_readers_valid() {
         snapshot,
         "bytes held by a reader do not change"
     );
-    log.append(&mut records(&[("k", Some("new"))], 0), 4)
-        .unwrap();
+    log.append(&records(&[("k", Some("new"))], 0), 4).unwrap();
     assert_eq!(
         values(&log)
             .iter()
@@ -958,7 +992,7 @@ fn the_background_cleaner_compacts_registered_logs() {
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), compacting(), &clock);
     for i in 0..20 {
-        log.append(&mut records(&[("same", Some(&format!("v{i}")))], 0), 0)
+        log.append(&records(&[("same", Some(&format!("v{i}")))], 0), 0)
             .unwrap();
     }
     log.roll().unwrap();
@@ -1005,11 +1039,11 @@ fn a_retried_idempotent_batch_is_written_once_and_gaps_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
     let mut log = open(dir.path(), config(), &clock);
-    let first = log.append(&mut idempotent(7, 0, 0, 3), 0).unwrap();
-    let second = log.append(&mut idempotent(7, 0, 3, 2), 0).unwrap();
+    let first = log.append(&idempotent(7, 0, 0, 3), 0).unwrap();
+    let second = log.append(&idempotent(7, 0, 3, 2), 0).unwrap();
     assert_eq!((first.first_offset, second.last_offset), (0, 4));
     // The retry of the first batch: its offsets again, nothing written.
-    let retry = log.append(&mut idempotent(7, 0, 0, 3), 0).unwrap();
+    let retry = log.append(&idempotent(7, 0, 0, 3), 0).unwrap();
     assert_eq!(
         (retry.first_offset, retry.last_offset, retry.bytes),
         (0, 2, 0)
@@ -1017,7 +1051,7 @@ fn a_retried_idempotent_batch_is_written_once_and_gaps_are_refused() {
     assert_eq!(log.log_end_offset(), 5);
     // A gap, and an old epoch, are refused and change nothing.
     assert!(matches!(
-        log.append(&mut idempotent(7, 0, 9, 1), 0),
+        log.append(&idempotent(7, 0, 9, 1), 0),
         Err(StorageError::OutOfOrderSequence {
             expected: 5,
             got: 9,
@@ -1025,9 +1059,9 @@ fn a_retried_idempotent_batch_is_written_once_and_gaps_are_refused() {
         })
     ));
     // A new epoch starts at 0; the old one is fenced from then on.
-    log.append(&mut idempotent(7, 1, 0, 1), 0).unwrap();
+    log.append(&idempotent(7, 1, 0, 1), 0).unwrap();
     assert!(matches!(
-        log.append(&mut idempotent(7, 0, 5, 1), 0),
+        log.append(&idempotent(7, 0, 5, 1), 0),
         Err(StorageError::InvalidProducerEpoch {
             epoch: 0,
             current: 1,
@@ -1037,14 +1071,14 @@ fn a_retried_idempotent_batch_is_written_once_and_gaps_are_refused() {
     // Two batches of one request: the second must follow the first.
     let mut two = idempotent(8, 0, 0, 1);
     two.extend(idempotent(8, 0, 1, 1));
-    log.append(&mut two, 0).unwrap();
+    log.append(&two, 0).unwrap();
     let mut gap = idempotent(8, 0, 2, 1);
     gap.extend(idempotent(8, 0, 4, 1));
-    assert!(log.append(&mut gap, 0).is_err());
+    assert!(log.append(&gap, 0).is_err());
     assert_eq!(log.log_end_offset(), 8);
     // Non-idempotent batches are not checked.
-    log.append(&mut records(&[("x", Some("1"))], 0), 0).unwrap();
-    log.append(&mut records(&[("x", Some("1"))], 0), 0).unwrap();
+    log.append(&records(&[("x", Some("1"))], 0), 0).unwrap();
+    log.append(&records(&[("x", Some("1"))], 0), 0).unwrap();
     assert_eq!(log.log_end_offset(), 10);
 }
 
@@ -1056,32 +1090,32 @@ fn producer_state_survives_a_clean_close_a_crash_and_rolls() {
     // Enough batches to roll segments (400 bytes each): snapshots are written at rolls.
     let mut seq = 0;
     for _ in 0..20 {
-        log.append(&mut idempotent(3, 0, seq, 2), 0).unwrap();
+        log.append(&idempotent(3, 0, seq, 2), 0).unwrap();
         seq += 2;
     }
     assert!(log.segments().iter().count() > 2, "rolled");
     let end = log.log_end_offset();
     log.close().unwrap();
     let mut log = open(dir.path(), config(), &clock);
-    let retry = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    let retry = log.append(&idempotent(3, 0, seq - 2, 2), 0).unwrap();
     assert_eq!(
         (retry.first_offset, retry.bytes),
         (end - 2, 0),
         "after a clean close"
     );
-    log.append(&mut idempotent(3, 0, seq, 2), 0).unwrap();
+    log.append(&idempotent(3, 0, seq, 2), 0).unwrap();
     seq += 2;
     drop(log); // crash: the last batch is after the newest snapshot
     let mut log = open(dir.path(), config(), &clock);
-    let retry = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    let retry = log.append(&idempotent(3, 0, seq - 2, 2), 0).unwrap();
     assert_eq!((retry.first_offset, retry.bytes), (end, 0), "after a crash");
     assert!(matches!(
-        log.append(&mut idempotent(3, 0, seq + 1, 1), 0),
+        log.append(&idempotent(3, 0, seq + 1, 1), 0),
         Err(StorageError::OutOfOrderSequence { .. })
     ));
     // Truncation (a follower dropping divergent history) forgets the dropped batches.
     log.truncate_to(end).unwrap();
-    let again = log.append(&mut idempotent(3, 0, seq - 2, 2), 0).unwrap();
+    let again = log.append(&idempotent(3, 0, seq - 2, 2), 0).unwrap();
     assert_eq!((again.first_offset, again.bytes > 0), (end, true));
     // Every snapshot file is named by its offset and readable.
     let snapshots = std::fs::read_dir(dir.path())
@@ -1106,10 +1140,10 @@ fn a_producer_silent_past_the_expiration_is_forgotten_at_the_next_roll() {
         ..config()
     };
     let mut log = open(dir.path(), config.clone(), &clock);
-    log.append(&mut idempotent(5, 0, 0, 1), 0).unwrap();
+    log.append(&idempotent(5, 0, 0, 1), 0).unwrap();
     assert!(log.producers().get(5).is_some());
     clock.advance_ms(60_001);
-    log.append(&mut idempotent(6, 0, 0, 1), 0).unwrap();
+    log.append(&idempotent(6, 0, 0, 1), 0).unwrap();
     log.roll().unwrap();
     assert!(
         log.producers().get(5).is_none(),
@@ -1149,8 +1183,7 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
 
     let value = "v".repeat(100 * 1024);
     let mut log = open(dir.path(), config.clone(), &clock);
-    log.append(&mut records(&[("k", Some(&value))], 0), 0)
-        .unwrap();
+    log.append(&records(&[("k", Some(&value))], 0), 0).unwrap();
     let active = log.segments().active().log_path().to_path_buf();
     let size = std::fs::metadata(&active).unwrap().len();
     assert_eq!(
@@ -1168,7 +1201,7 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
 
     // Fill the segment; its modification time is an hour ago when the next append rolls.
     for i in 1..9 {
-        log.append(&mut records(&[("k", Some(&format!("{i}{value}")))], 0), 0)
+        log.append(&records(&[("k", Some(&format!("{i}{value}")))], 0), 0)
             .unwrap();
     }
     assert_eq!(log.segments().len(), 1);
@@ -1179,7 +1212,7 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
         .unwrap()
         .set_modified(hour_ago)
         .unwrap();
-    log.append(&mut records(&[("k", Some(&format!("9{value}")))], 0), 0)
+    log.append(&records(&[("k", Some(&format!("9{value}")))], 0), 0)
         .unwrap();
     assert_eq!(
         log.segments().len(),
@@ -1199,7 +1232,7 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
     // holds exactly what was appended, the seal of a clean close gives the reservation
     // back, and appends go on.
     log.append(
-        &mut records(&[("k", Some(&format!("after the roll{value}")))], 0),
+        &records(&[("k", Some(&format!("after the roll{value}")))], 0),
         0,
     )
     .unwrap();
@@ -1222,7 +1255,7 @@ fn the_active_segment_reserves_blocks_ahead_and_gives_them_back_when_sealed() {
         allocated(&active)
     );
     let mut log = open(dir.path(), config, &clock);
-    log.append(&mut records(&[("k", Some("after the reopen"))], 0), 0)
+    log.append(&records(&[("k", Some("after the reopen"))], 0), 0)
         .unwrap();
     let vals: Vec<String> = values(&log).into_iter().map(|v| v.2.unwrap()).collect();
     assert_eq!(vals.len(), 12);

@@ -420,10 +420,7 @@ impl KafkaService {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
             RequestKind::Produce(r) => {
-                // The records are slices of the frame: with the header (its client id
-                // is another slice) gone too, the append takes them as they are.
                 let correlation_id = header.correlation_id;
-                drop(header);
                 let Some(answer) = self.produce(r).await else {
                     return Ok(None);
                 };
