@@ -3,6 +3,8 @@
 # LABEL WORKLOAD {json}, then the client's and the broker's CPU seconds and the machine's
 # steal and idle shares over the run. Source it. WORKLOAD is one of:
 #   W1, W2     500,000 records of 1 KiB to one partition, acks 1 / all (fjord perf produce)
+#   W1db       W1 on a broker with --log-drop-behind-bytes 33554432 (32 MiB of page cache
+#              kept per active segment: appends reuse the pages it drops)
 #   W3         2 GiB produced, then read from offset 0 (fjord perf consume; in page cache)
 #   W4         fjord perf e2e at 50 MB/s for 10 s, acks all
 #   W5, W5all  W1 through the Kafka listener with librdkafka, acks 1 / all (batch.size
@@ -14,11 +16,13 @@ run_workload() {
     (
         export FJORD_BIN=$bindir
         source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-        start_broker
+        local flags=()
+        [ "$workload" = W1db ] && flags=(--log-drop-behind-bytes 33554432)
+        start_broker "${flags[@]}"
         local cpu=$DIR/client-cpu
         local perf=("$BIN/fjord" perf)
         case $workload in
-        W1 | W2)
+        W1 | W1db | W2)
             local acks=1
             [ "$workload" = W2 ] && acks=all
             "$BIN/fjord" topic create perf --partitions 1 >/dev/null

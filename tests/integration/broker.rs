@@ -1435,6 +1435,51 @@ async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
     assert!(grown < 16 * 1024, "RssFile grew by {grown} KiB");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_behind_keeps_a_partitions_page_cache_small_and_loses_nothing() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--log-drop-behind-bytes", "4194304"];
+    let broker = BrokerProcess::start(dir.path(), &args);
+    let mut client = broker.client().await;
+    create_topic(&mut client, "tail", 1, &[]).await;
+    let one_mib = one_mib_batch();
+    // acks=all: each append finds the ones before it written back, so the drops it asks
+    // for leave none of their pages behind.
+    for _ in 0..30 {
+        produce(&mut client, "tail", 0, one_mib.clone(), Acks::All).await;
+    }
+    let segment = dir.path().join("tail-0/00000000000000000000.log");
+    assert!(std::fs::metadata(&segment).unwrap().len() > 28 * MIB);
+    // The drops are made by the broker's drop-behind thread, after the answers.
+    eventually(Duration::from_secs(20), "the segment's pages to go", || {
+        let cached = crate::support::cached_bytes(&segment);
+        async move { cached <= 12 * MIB }
+    })
+    .await;
+    let records = read_all(&mut client, "tail", 0, 0).await;
+    assert_eq!(records.len(), 3000);
+    assert!(records.iter().enumerate().all(|(i, r)| r.0 == i as i64));
+    assert!(records.iter().all(|r| r.2.len() == 10 * 1024));
+
+    // A window smaller than one step (4 MiB) is refused at start, naming the setting.
+    let out = std::process::Command::new(crate::support::binary("fjord-broker"))
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "--kafka-addr",
+            "127.0.0.1:0",
+            "--log-drop-behind-bytes",
+            "65536",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("log.drop.behind.bytes"), "{stderr}");
+}
+
 /// One batch of 100 records of 10 KiB (about 1 MiB).
 fn one_mib_batch() -> Vec<u8> {
     let value = "v".repeat(10 * 1024);

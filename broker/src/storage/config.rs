@@ -92,6 +92,9 @@ pub struct LogConfig {
     /// Kafka's broker-level `producer.id.expiration.ms`: an idempotent producer silent
     /// this long is forgotten (not a topic config).
     pub producer_id_expiration_ms: i64,
+    /// The broker's `log.drop.behind.bytes` (not a topic config): an active segment keeps
+    /// only its newest this many bytes in the page cache; 0 keeps all (Kafka's way).
+    pub drop_behind_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -109,6 +112,7 @@ impl Default for LogConfig {
             max_message_bytes: 1024 * 1024 + 12,
             message_timestamp_type: TimestampType::CreateTime,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            drop_behind_bytes: 0,
         }
     }
 }
@@ -172,6 +176,14 @@ impl LogConfig {
         {
             return bad("max.message.bytes", self.max_message_bytes, "out of range");
         }
+        let step = super::drop_behind::STEP;
+        if self.drop_behind_bytes != 0 && self.drop_behind_bytes < step {
+            return bad(
+                "log.drop.behind.bytes",
+                self.drop_behind_bytes,
+                "must be 0 (keep all) or at least 4194304",
+            );
+        }
         Ok(())
     }
 }
@@ -179,6 +191,23 @@ impl LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_behind_is_off_or_at_least_one_step() {
+        for (bytes, ok) in [(0, true), (4 << 20, true), (1 << 30, true), (1, false)] {
+            let config = LogConfig {
+                drop_behind_bytes: bytes,
+                ..LogConfig::default()
+            };
+            assert_eq!(config.validate().is_ok(), ok, "{bytes}");
+        }
+        let config = LogConfig {
+            drop_behind_bytes: (4 << 20) - 1,
+            ..LogConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("log.drop.behind.bytes"), "{error}");
+    }
 
     #[test]
     fn parses_cleanup_policies() {

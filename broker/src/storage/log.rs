@@ -212,10 +212,7 @@ impl Log {
             Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
         }
         let now = clock.now_ms();
-        let options = SegmentOptions {
-            index_bytes: config.segment_index_bytes,
-            index_interval_bytes: config.index_interval_bytes,
-        };
+        let options = SegmentOptions::of(&config);
         // First: a compaction swap that passed its commit point also clears the marker.
         finish_interrupted_operations(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
@@ -510,10 +507,7 @@ impl Log {
         &self.clock
     }
     pub(super) fn segment_options(&self) -> SegmentOptions {
-        SegmentOptions {
-            index_bytes: self.config.segment_index_bytes,
-            index_interval_bytes: self.config.index_interval_bytes,
-        }
+        SegmentOptions::of(&self.config)
     }
 
     /// Moves the high watermark (the replication layer decides where); clamped to the log.

@@ -13,11 +13,14 @@
 //!   [`Cleaner`] and the crash-safe segment swap.
 //! - [`config`]: per-log settings and the limits (`*_MAX`) in one place.
 //! - [`clock`]: the [`Clock`] seam so tests control time.
+//! - [`drop_behind`]: `log.drop.behind.bytes`, the page cache an active segment keeps,
+//!   and the broker-wide thread that drops the rest.
 
 pub mod checkpoint;
 pub mod cleaner;
 pub mod clock;
 pub mod config;
+pub mod drop_behind;
 pub mod epoch;
 pub mod group_commit;
 pub mod index;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjord_protocol::batch::{BatchHeader, HEADER_SIZE, LOG_OVERHEAD};
 
+use super::drop_behind;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::mmap::ReadMap;
 use super::{IoContext, Result, StorageError};
@@ -44,6 +45,19 @@ pub fn segment_file(dir: &Path, base_offset: i64, kind: &str, extra: &str) -> Pa
 pub struct SegmentOptions {
     pub index_bytes: usize,
     pub index_interval_bytes: u64,
+    /// `log.drop.behind.bytes`: an active segment keeps only its newest this many bytes
+    /// in the page cache (0 = all). See [`drop_behind`](super::drop_behind).
+    pub drop_behind_bytes: u64,
+}
+
+impl SegmentOptions {
+    pub fn of(config: &super::LogConfig) -> Self {
+        SegmentOptions {
+            index_bytes: config.segment_index_bytes,
+            index_interval_bytes: config.index_interval_bytes,
+            drop_behind_bytes: config.drop_behind_bytes,
+        }
+    }
 }
 
 /// What the log needs to know of each appended batch.
@@ -105,6 +119,10 @@ pub struct Segment {
     /// Blocks past `size` are reserved for appends up to here (see [`PREALLOCATE_BYTES`]);
     /// `None` where the file system cannot reserve them.
     reserved: Option<u64>,
+    /// Drop-behind: writeback has been started for the bytes before this...
+    written_back: u64,
+    /// ...and the pages before this have been dropped from the page cache.
+    dropped: u64,
 }
 
 impl Segment {
@@ -160,6 +178,8 @@ impl Segment {
             options,
             indexes_were_missing: false,
             reserved: Some(0),
+            written_back: 0,
+            dropped: 0,
         })
     }
 
@@ -231,6 +251,8 @@ impl Segment {
             options,
             indexes_were_missing,
             reserved: Some(size.max(allocated)),
+            written_back: size,
+            dropped: size,
         })
     }
 
@@ -323,7 +345,33 @@ impl Segment {
         }
         debug_assert_eq!(position, self.size + len);
         self.size = position;
+        self.drop_behind();
         Ok(())
+    }
+
+    /// With `log.drop.behind.bytes` set: asks for the writeback of each whole step
+    /// written, and for the pages more than the window behind to be dropped (see
+    /// [`drop_behind`](super::drop_behind)). A request the drop-behind thread cannot
+    /// take now is asked again, wider, at the next append.
+    fn drop_behind(&mut self) {
+        let window = self.options.drop_behind_bytes;
+        if window == 0 {
+            return;
+        }
+        let whole_steps = self.size - self.size % drop_behind::STEP;
+        let (from, len) = (
+            self.written_back,
+            whole_steps.saturating_sub(self.written_back),
+        );
+        if len > 0 && drop_behind::advise_dont_need(&self.file, from, len) {
+            self.written_back = whole_steps;
+        }
+        let until = self.written_back.saturating_sub(window);
+        if until >= self.dropped + drop_behind::STEP
+            && drop_behind::advise_dont_need(&self.file, 0, until)
+        {
+            self.dropped = until;
+        }
     }
 
     /// Reserves blocks ahead when an append to `end` would pass the reservation. Best
@@ -372,6 +420,8 @@ impl Segment {
     fn cut_file(&mut self, position: u64) -> std::io::Result<()> {
         self.file.set_len(position)?;
         self.reserved = self.reserved.map(|_| position);
+        self.written_back = self.written_back.min(position);
+        self.dropped = self.dropped.min(position);
         Ok(())
     }
 
@@ -836,6 +886,8 @@ impl Segment {
         self.file = Arc::new(file);
         self.size = keep_bytes;
         self.reserved = Some(keep_bytes);
+        self.written_back = keep_bytes;
+        self.dropped = keep_bytes;
         self.offset_index.unseal(self.options.index_bytes)?;
         self.time_index.unseal(self.options.index_bytes)?;
         Ok(())
