@@ -382,12 +382,17 @@ fn disk_measures_and_cleans_up() {
     let report = json(&ok(output));
     let expected = [
         "write_mb_per_sec",
+        "page_cache_write_mb_per_sec",
         "fdatasync_ms_p50",
         "fdatasync_ms_p99",
         "read_mb_per_sec",
     ];
     assert_eq!(keys(&report), sorted(&expected));
     assert!(number(&report, "write_mb_per_sec") > 0.0, "{report:?}");
+    assert!(
+        number(&report, "page_cache_write_mb_per_sec") > 0.0,
+        "{report:?}"
+    );
     assert!(number(&report, "read_mb_per_sec") > 0.0, "{report:?}");
     let (p50, p99) = (
         number(&report, "fdatasync_ms_p50"),

@@ -93,7 +93,8 @@ pub struct LogConfig {
     /// this long is forgotten (not a topic config).
     pub producer_id_expiration_ms: i64,
     /// The broker's `log.drop.behind.bytes` (not a topic config): an active segment keeps
-    /// only its newest this many bytes in the page cache; 0 keeps all (Kafka's way).
+    /// only its newest this many bytes in the page cache; 0 keeps all (Kafka's way, and
+    /// this type's default; the broker's is 128 MiB).
     pub drop_behind_bytes: u64,
 }
 
