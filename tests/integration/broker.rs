@@ -1439,8 +1439,14 @@ async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
 async fn drop_behind_keeps_a_partitions_page_cache_small_and_loses_nothing() {
     const MIB: u64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--log-drop-behind-bytes", "4194304"];
-    let broker = BrokerProcess::start(dir.path(), &args);
+    // No recovery-point checkpoint during the test: a restart recovers the whole segment.
+    let args = [
+        "--log-drop-behind-bytes",
+        "4194304",
+        "--log-flush-offset-checkpoint-interval-ms",
+        "3600000",
+    ];
+    let mut broker = BrokerProcess::start(dir.path(), &args);
     let mut client = broker.client().await;
     create_topic(&mut client, "tail", 1, &[]).await;
     let one_mib = one_mib_batch();
@@ -1461,6 +1467,23 @@ async fn drop_behind_keeps_a_partitions_page_cache_small_and_loses_nothing() {
     assert_eq!(records.len(), 3000);
     assert!(records.iter().enumerate().all(|(i, r)| r.0 == i as i64));
     assert!(records.iter().all(|r| r.2.len() == 10 * 1024));
+    assert!(
+        crate::support::cached_bytes(&segment) > 28 * MIB,
+        "read back in"
+    );
+
+    // kill -9: the restart's recovery scans the segment again, and drops what it has
+    // passed as the appends did; it is the open's only pass over the segment.
+    broker.kill();
+    let broker = broker.restart();
+    let cached = crate::support::cached_bytes(&segment);
+    assert!(
+        cached <= 12 * MIB,
+        "{cached} bytes cached after the recovery"
+    );
+    let mut client = broker.client().await;
+    let again = read_all(&mut client, "tail", 0, 0).await;
+    assert_eq!(again, records);
 
     // A window smaller than one step (4 MiB) is refused at start, naming the setting.
     let out = std::process::Command::new(crate::support::binary("fjord-broker"))

@@ -68,6 +68,13 @@ fn worker() -> Option<&'static SyncSender<Job>> {
         .as_ref()
 }
 
+/// `posix_fadvise(DONTNEED)` now, on the caller's thread (recovery, which has its own).
+pub fn advise_now(file: &File, from: u64, len: u64) {
+    if let Some(len) = NonZeroU64::new(len) {
+        advise(file, from, len);
+    }
+}
+
 fn advise(file: &File, from: u64, len: NonZeroU64) {
     let advice = rustix::fs::Advice::DontNeed;
     if let Err(e) = rustix::fs::fadvise(file, from, Some(len), advice) {

@@ -20,7 +20,13 @@ use super::checkpoint;
 use super::clock::Clock;
 use super::config::{LogConfig, TimestampType};
 use super::epoch::{EpochWrite, LeaderEpochCache};
-use super::producers::{self, BatchSeq, ProducerEntry, Producers, SeqCheck, SeqError};
+use super::producers::{
+    self, BatchSeq, ProducerBatch, ProducerEntry, Producers, SeqCheck, SeqError,
+};
+
+/// The idempotent producers' batches that recovery found in each segment it scanned,
+/// by the segment's base offset (see [`Log::open`]).
+type Scanned = BTreeMap<i64, Vec<ProducerBatch>>;
 use super::retention::{self, RetentionPolicy, SegmentSummary};
 use super::segment::{
     self, BatchMeta, LOG_SUFFIX, Segment, SegmentOptions, remove_if_exists, segment_file,
@@ -259,7 +265,7 @@ impl Log {
             producers: Producers::default(),
             _dir_lock: dir_lock,
         };
-        log.load_segments(recovery_point, clean)?;
+        let scanned = log.load_segments(recovery_point, clean)?;
         if log.segments.is_empty() {
             let base = log.log_start_offset.max(0);
             log.segments
@@ -283,7 +289,8 @@ impl Log {
             .clamp(log.log_start_offset, log.log_end_offset);
         log.cleaner_offset = log.cleaner_offset.min(log.log_end_offset);
         log.epochs.truncate_from_end(log.log_end_offset)?;
-        log.rebuild_producers()?;
+        log.rebuild_producers_from(&scanned)?;
+        drop(scanned);
         if !clean {
             // Everything kept was verified; make it durable before calling it recovered.
             for segment in log.segments.from(meta.recovery_point) {
@@ -304,6 +311,13 @@ impl Log {
     /// segment (or the data predates snapshots, whose producers then start afresh). So an
     /// open never reads more than the active segment's headers.
     fn rebuild_producers(&mut self) -> Result<()> {
+        self.rebuild_producers_from(&BTreeMap::new())
+    }
+
+    /// [`rebuild_producers`](Self::rebuild_producers), with the producer batches that
+    /// recovery collected from the segments it scanned (by base offset) replayed as they
+    /// are instead of read again.
+    fn rebuild_producers_from(&mut self, scanned: &Scanned) -> Result<()> {
         producers::remove_snapshots_above(&self.dir, self.log_end_offset)?;
         let now = self.clock.now_ms();
         let active = self
@@ -320,6 +334,19 @@ impl Log {
         // crash). A batch damaged on disk since then is a reader's error, not a reason to
         // refuse to open: the replay stops there, with the state up to it.
         'replay: while offset < self.log_end_offset {
+            if let Some((base, batches)) = scanned.range(..=offset).next_back()
+                && let Some(segment) = self.segments.map.get(base)
+                && offset < segment.next_offset()
+            {
+                let end = segment.next_offset().min(self.log_end_offset);
+                for batch in batches {
+                    if batch.batch.last_offset >= offset && batch.batch.first_offset < end {
+                        state.replay_batch(batch, now);
+                    }
+                }
+                offset = end;
+                continue;
+            }
             let read = self.read(offset, 8 << 20, ReadLimit::LogEnd)?;
             if read.records.is_empty() {
                 break;
@@ -349,8 +376,10 @@ impl Log {
         &self.producers
     }
 
-    /// Loads every segment's offsets; recovers those at or after `recovery_point`.
-    fn load_segments(&mut self, recovery_point: i64, clean: bool) -> Result<()> {
+    /// Loads every segment's offsets; recovers those at or after `recovery_point`, and
+    /// returns the producer batches each scan found.
+    fn load_segments(&mut self, recovery_point: i64, clean: bool) -> Result<Scanned> {
+        let mut scanned = Scanned::new();
         let bases: Vec<i64> = self.segments.iter().map(Segment::base_offset).collect();
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied();
@@ -370,7 +399,8 @@ impl Log {
                 let path = segment.log_path().display();
                 tracing::warn!(segment = %path, "rebuilding inconsistent indexes");
             }
-            let outcome = segment.recover()?;
+            let mut outcome = segment.recover()?;
+            scanned.insert(base, std::mem::take(&mut outcome.producer_batches));
             // The file lags the appends until the next flush or roll: what the scan saw
             // is the truth.
             for &(epoch, start) in &outcome.epochs {
@@ -422,7 +452,7 @@ impl Log {
                 active.recover_or_report()?;
             }
         }
-        Ok(())
+        Ok(scanned)
     }
 
     pub fn dir(&self) -> &Path {

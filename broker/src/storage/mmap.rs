@@ -70,6 +70,14 @@ impl ReadMap {
         }
     }
 
+    /// Drops `range` from this process's page tables, as a finished read slice does
+    /// ([`MapSlice`]); the page cache keeps the pages (until it is asked to drop them).
+    pub fn unmap_pages(&self, range: std::ops::Range<usize>) {
+        if let Some(map) = &self.map {
+            drop_page_tables(map, range.start, range.end.min(map.len()));
+        }
+    }
+
     /// Whether two maps are the same mapping (used to detect a replaced segment).
     pub fn same_as(&self, other: &ReadMap) -> bool {
         match (&self.map, &other.map) {
@@ -113,19 +121,25 @@ impl Drop for MapSlice {
         }
         let start = (self.range.start / FAULT_AROUND).saturating_sub(1) * FAULT_AROUND;
         let end = (self.range.end.div_ceil(FAULT_AROUND) + 1) * FAULT_AROUND;
-        let end = end.min(self.map.len());
-        // SAFETY: the map is a read-only, shared map of a file that is not written while
-        // it lives (module docs). On such a map MADV_DONTNEED only drops page-table
-        // entries: a later access, also through other slices of the same map still in
-        // use, faults the same bytes in again from the page cache, as after the kernel
-        // reclaimed clean pages on its own. No byte any reader sees changes.
-        let dropped = unsafe {
-            self.map
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
-        if let Err(e) = dropped {
-            tracing::debug!(error = %e, "madvise(DONTNEED) of a read slice failed");
-        }
+        drop_page_tables(&self.map, start, end.min(self.map.len()));
+    }
+}
+
+/// `madvise(MADV_DONTNEED)` of `start..end` of a read-only map (nothing if empty).
+fn drop_page_tables(map: &Mmap, start: usize, end: usize) {
+    if start >= end {
+        return;
+    }
+    // SAFETY: the map is a read-only, shared map of a file that is not written while it
+    // lives (module docs). On such a map MADV_DONTNEED only drops page-table entries: a
+    // later access, also through other slices of the same map still in use, faults the
+    // same bytes in again from the page cache, as after the kernel reclaimed clean pages
+    // on its own. No byte any reader sees changes.
+    let dropped = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
+    if let Err(e) = dropped {
+        tracing::debug!(error = %e, "madvise(DONTNEED) of a read map failed");
     }
 }
 

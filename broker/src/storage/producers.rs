@@ -40,6 +40,34 @@ pub struct BatchSeq {
     pub last_offset: i64,
 }
 
+/// What replaying one idempotent batch needs of its header: recovery collects these as
+/// it scans, so that the open replays them without reading the segment a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub batch: BatchSeq,
+}
+
+impl ProducerBatch {
+    /// `None` for a batch of no idempotent producer.
+    pub fn of(header: &BatchHeader<'_>) -> Option<Self> {
+        if header.producer_id() < 0 || header.base_sequence() < 0 {
+            return None;
+        }
+        Some(ProducerBatch {
+            producer_id: header.producer_id(),
+            epoch: header.producer_epoch(),
+            batch: BatchSeq {
+                first_seq: header.base_sequence(),
+                last_seq: last_sequence(header.base_sequence(), header.last_offset_delta() + 1),
+                first_offset: header.base_offset(),
+                last_offset: header.last_offset(),
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerEntry {
     pub epoch: i16,
@@ -138,16 +166,14 @@ impl Producers {
     /// Records a batch found in the log (replay); batches without a producer id or a
     /// sequence are not an idempotent producer's and are skipped.
     pub fn replay(&mut self, header: &BatchHeader<'_>, now_ms: i64) {
-        if header.producer_id() < 0 || header.base_sequence() < 0 {
-            return;
+        if let Some(batch) = ProducerBatch::of(header) {
+            self.replay_batch(&batch, now_ms);
         }
-        let batch = BatchSeq {
-            first_seq: header.base_sequence(),
-            last_seq: last_sequence(header.base_sequence(), header.last_offset_delta() + 1),
-            first_offset: header.base_offset(),
-            last_offset: header.last_offset(),
-        };
-        self.record(header.producer_id(), header.producer_epoch(), batch, now_ms);
+    }
+
+    /// [`replay`](Self::replay) of a batch collected by recovery.
+    pub fn replay_batch(&mut self, batch: &ProducerBatch, now_ms: i64) {
+        self.record(batch.producer_id, batch.epoch, batch.batch, now_ms);
     }
 
     pub fn encode(&self) -> Vec<u8> {
