@@ -4,10 +4,10 @@
 //! VM whose host takes free pages back (virtio-balloon free page reporting), the first
 //! touch of such a page is slow: `fjord perf disk` wrote into new page-cache pages at
 //! 0.44–0.47 GB/s there, and at 6.5 GB/s into pages freed a moment before. Kafka's way
-//! (keep everything; 0 here) produced 3 GB into one partition at 0.47–0.54 GB/s on that
-//! VM, with 0.9 GB left dirty and the broker at 4.5–5.9 s of CPU; with a 32 MiB window,
-//! 1.08–1.30 GB/s and 1.9–2.2 s. The price: a reader further behind than the window
-//! reads from the disk.
+//! (keep everything; 0 here) produced 3 GB into one partition at 0.42–0.54 GB/s on that
+//! VM, with 0.9 GB left dirty and the broker at 4.5–6.6 s of CPU; with a 32 or 128 MiB
+//! window, 1.08–1.30 GB/s and 1.9–2.4 s (docs/BENCHMARKS.md, nineteenth sitting). The
+//! price: a reader further behind than the window reads from the disk.
 //!
 //! The segment decides what to advise ([`Segment::append`] asks for each whole
 //! [`STEP`] written, and for everything older than the window); one broker-wide thread
