@@ -1438,7 +1438,8 @@ async fn reading_sealed_segments_leaves_their_pages_out_of_the_broker_rss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_behind_keeps_a_partitions_page_cache_small_and_loses_nothing() {
     const MIB: u64 = 1 << 20;
-    let dir = tempfile::tempdir().unwrap();
+    // On the target's disk, not a tmpfs `TMPDIR`: shared memory is never dropped.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // No recovery-point checkpoint during the test: a restart recovers the whole segment.
     let args = [
         "--log-drop-behind-bytes",
@@ -1486,20 +1487,31 @@ async fn drop_behind_keeps_a_partitions_page_cache_small_and_loses_nothing() {
     assert_eq!(again, records);
 
     // A window smaller than one step (4 MiB) is refused at start, naming the setting.
-    let out = std::process::Command::new(crate::support::binary("fjord-broker"))
+    let mut child = std::process::Command::new(crate::support::binary("fjord-broker"))
         .arg("--data-dir")
         .arg(dir.path().join("other"))
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args([
-            "--kafka-addr",
-            "127.0.0.1:0",
-            "--log-drop-behind-bytes",
-            "65536",
-        ])
-        .output()
+        .args(["--kafka-addr", "127.0.0.1:0"])
+        .args(["--log-drop-behind-bytes", "65536"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the broker started with a 64 KiB drop-behind window");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("log.drop.behind.bytes"), "{stderr}");
 }
 

@@ -20,7 +20,13 @@
 //! from the file (`sync_file_range` with a wait flag would, and the next fsync would then
 //! not report it). Pages still under writeback when their range is dropped stay; each
 //! drop covers the segment from its start, so a later one takes them. Best effort
-//! throughout: a call not made costs page cache, never data.
+//! throughout: a call not made costs page cache, never data. (A page whose writeback
+//! failed is clean to the kernel, so a drop can free it, as the kernel's own reclaim
+//! could; the error stays on the file and the next fsync reports it, which takes the
+//! log offline.)
+//!
+//! A sealed segment keeps the last window it wrote cached until the kernel needs the
+//! memory: tailing readers are still reading it when the next segment starts.
 //!
 //! [`Segment::append`]: super::segment::Segment::append
 
@@ -32,6 +38,16 @@ use std::sync::{Arc, OnceLock};
 /// Drop-behind works in steps of this many bytes: writeback is started for each step an
 /// append completes, and pages are dropped once a whole step is past the window.
 pub const STEP: u64 = 4 << 20;
+
+/// Where the pages to drop end, `window` behind `end`, in whole steps (0 when `window` is
+/// 0: drop-behind off).
+pub fn drop_until(end: u64, window: u64) -> u64 {
+    if window == 0 {
+        return 0;
+    }
+    let until = end.saturating_sub(window);
+    until - until % STEP
+}
 
 /// Calls waiting for the thread at most; a segment whose call is refused asks again
 /// with a wider range at its next append.

@@ -24,14 +24,20 @@ use super::producers::{
     self, BatchSeq, ProducerBatch, ProducerEntry, Producers, SeqCheck, SeqError,
 };
 
-/// The idempotent producers' batches that recovery found in each segment it scanned,
-/// by the segment's base offset (see [`Log::open`]).
-type Scanned = BTreeMap<i64, Vec<ProducerBatch>>;
 use super::retention::{self, RetentionPolicy, SegmentSummary};
 use super::segment::{
     self, BatchMeta, LOG_SUFFIX, Segment, SegmentOptions, remove_if_exists, segment_file,
 };
 use super::{IoContext, Result, StorageError};
+
+/// The idempotent producers' batches that recovery collected from the last segment it
+/// scanned (the active one after a crash), so that the open need not read it again: the
+/// producers' state is rebuilt from the newest snapshot, written at every roll, so it
+/// normally starts in that segment. Other segments are read as before.
+struct Scanned {
+    base: i64,
+    batches: Vec<ProducerBatch>,
+}
 
 /// Log start offset, recovery point, high watermark and cleaner offset.
 pub const META_CHECKPOINT: &str = "meta.checkpoint";
@@ -289,7 +295,7 @@ impl Log {
             .clamp(log.log_start_offset, log.log_end_offset);
         log.cleaner_offset = log.cleaner_offset.min(log.log_end_offset);
         log.epochs.truncate_from_end(log.log_end_offset)?;
-        log.rebuild_producers_from(&scanned)?;
+        log.rebuild_producers_from(scanned.as_ref())?;
         drop(scanned);
         if !clean {
             // Everything kept was verified; make it durable before calling it recovered.
@@ -311,13 +317,13 @@ impl Log {
     /// segment (or the data predates snapshots, whose producers then start afresh). So an
     /// open never reads more than the active segment's headers.
     fn rebuild_producers(&mut self) -> Result<()> {
-        self.rebuild_producers_from(&BTreeMap::new())
+        self.rebuild_producers_from(None)
     }
 
     /// [`rebuild_producers`](Self::rebuild_producers), with the producer batches that
-    /// recovery collected from the segments it scanned (by base offset) replayed as they
-    /// are instead of read again.
-    fn rebuild_producers_from(&mut self, scanned: &Scanned) -> Result<()> {
+    /// recovery collected from a segment it scanned replayed as they are instead of read
+    /// again.
+    fn rebuild_producers_from(&mut self, scanned: Option<&Scanned>) -> Result<()> {
         producers::remove_snapshots_above(&self.dir, self.log_end_offset)?;
         let now = self.clock.now_ms();
         let active = self
@@ -334,12 +340,13 @@ impl Log {
         // crash). A batch damaged on disk since then is a reader's error, not a reason to
         // refuse to open: the replay stops there, with the state up to it.
         'replay: while offset < self.log_end_offset {
-            if let Some((base, batches)) = scanned.range(..=offset).next_back()
-                && let Some(segment) = self.segments.map.get(base)
+            if let Some(scanned) = scanned
+                && scanned.base <= offset
+                && let Some(segment) = self.segments.map.get(&scanned.base)
                 && offset < segment.next_offset()
             {
                 let end = segment.next_offset().min(self.log_end_offset);
-                for batch in batches {
+                for batch in &scanned.batches {
                     if batch.batch.last_offset >= offset && batch.batch.first_offset < end {
                         state.replay_batch(batch, now);
                     }
@@ -377,9 +384,9 @@ impl Log {
     }
 
     /// Loads every segment's offsets; recovers those at or after `recovery_point`, and
-    /// returns the producer batches each scan found.
-    fn load_segments(&mut self, recovery_point: i64, clean: bool) -> Result<Scanned> {
-        let mut scanned = Scanned::new();
+    /// returns the producer batches that the last scan found.
+    fn load_segments(&mut self, recovery_point: i64, clean: bool) -> Result<Option<Scanned>> {
+        let mut scanned = None;
         let bases: Vec<i64> = self.segments.iter().map(Segment::base_offset).collect();
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied();
@@ -400,7 +407,7 @@ impl Log {
                 tracing::warn!(segment = %path, "rebuilding inconsistent indexes");
             }
             let mut outcome = segment.recover()?;
-            scanned.insert(base, std::mem::take(&mut outcome.producer_batches));
+            scanned = (outcome.producer_batches.take()).map(|batches| Scanned { base, batches });
             // The file lags the appends until the next flush or roll: what the scan saw
             // is the truth.
             for &(epoch, start) in &outcome.epochs {

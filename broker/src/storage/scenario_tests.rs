@@ -1134,8 +1134,9 @@ fn producer_state_survives_a_clean_close_a_crash_and_rolls() {
 #[test]
 fn after_a_crash_the_producers_are_rebuilt_from_the_recovery_scan() {
     // No roll, so no snapshot: the state after the crash comes from the batches that
-    // the recovery scan of the active segment collected (the open reads nothing else).
-    for drop_behind_bytes in [0, 4 << 20] {
+    // the recovery scan of the active segment collected (the open reads nothing else),
+    // or, past the most it collects (24 in unit tests), from the segment read again.
+    for (drop_behind_bytes, rounds) in [(0, 7), (4 << 20, 7), (4 << 20, 13)] {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(0);
         let config = LogConfig {
@@ -1143,7 +1144,7 @@ fn after_a_crash_the_producers_are_rebuilt_from_the_recovery_scan() {
             ..LogConfig::default()
         };
         let mut log = open(dir.path(), config.clone(), &clock);
-        for i in 0..7 {
+        for i in 0..rounds {
             log.append(&idempotent(3, 1, i * 2, 2), 0).unwrap();
             log.append(&records(&[("plain", Some("x"))], 0), 0).unwrap();
             log.append(&idempotent(4, 0, i * 3, 3), 0).unwrap();
@@ -1156,10 +1157,11 @@ fn after_a_crash_the_producers_are_rebuilt_from_the_recovery_scan() {
         assert_eq!(log.log_end_offset(), end);
         assert_eq!(log.producers(), &before);
         // The oldest batch still remembered is a duplicate; one past it is a gap.
-        let retry = log.append(&idempotent(4, 0, 6, 3), 0).unwrap();
+        let oldest_kept = (rounds - producers::BATCHES_KEPT as i32) * 3;
+        let retry = log.append(&idempotent(4, 0, oldest_kept, 3), 0).unwrap();
         assert_eq!(retry.bytes, 0, "a retry is not written again");
         assert!(matches!(
-            log.append(&idempotent(3, 1, 15, 1), 0),
+            log.append(&idempotent(3, 1, rounds * 2 + 1, 1), 0),
             Err(StorageError::OutOfOrderSequence { .. })
         ));
     }

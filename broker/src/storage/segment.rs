@@ -91,9 +91,17 @@ pub struct ScanOutcome {
     /// The first invalid batch, if the scan stopped before the end of the file.
     pub invalid: Option<InvalidTail>,
     /// The idempotent producers' batches among the valid ones, in order: the open
-    /// replays them instead of reading the segment again.
-    pub producer_batches: Vec<ProducerBatch>,
+    /// replays them instead of reading the segment again. `None` past
+    /// [`PRODUCER_BATCHES_MAX`] (the open then reads the segment's headers again).
+    pub producer_batches: Option<Vec<ProducerBatch>>,
 }
+
+/// The most producer batches one recovery scan collects (40 bytes each: 40 MiB; a few
+/// in the unit tests, so that they also take the way past it).
+#[cfg(not(test))]
+pub const PRODUCER_BATCHES_MAX: usize = 1 << 20;
+#[cfg(test)]
+pub const PRODUCER_BATCHES_MAX: usize = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidTail {
@@ -370,7 +378,7 @@ impl Segment {
         if len > 0 && drop_behind::advise_dont_need(&self.file, from, len) {
             self.written_back = whole_steps;
         }
-        let until = self.written_back.saturating_sub(window);
+        let until = drop_behind::drop_until(self.written_back, window);
         if until >= self.dropped + drop_behind::STEP
             && drop_behind::advise_dont_need(&self.file, 0, until)
         {
@@ -712,20 +720,21 @@ impl Segment {
         let mut position = 0usize;
         let mut invalid = None;
         let mut epochs: Vec<(i32, i64)> = Vec::new();
-        let mut producer_batches = Vec::new();
+        let mut producer_batches = Some(Vec::new());
         // With drop-behind, what the scan has passed leaves the page cache as it goes
         // (but a window's worth before its end): after a crash the unflushed tail is
         // read again, mostly from the disk, and it is then read into the pages just
         // freed rather than into new ones (on this project's VM, new ones cost about a
-        // second of CPU per GB). The scan is the open's only pass over the segment.
+        // second of CPU per GB). The open does not read the segment again (its producers'
+        // state comes from `producer_batches`). As on appends, each drop covers the
+        // segment from its start: pages still dirty when passed go at a later one.
         let window = self.options.drop_behind_bytes;
         let mut dropped = 0u64;
         while position < bytes.len() {
-            let until = (position as u64).saturating_sub(window);
-            let until = until - until % drop_behind::STEP;
-            if window != 0 && until > dropped {
+            let until = drop_behind::drop_until(position as u64, window);
+            if until >= dropped + drop_behind::STEP {
                 map.unmap_pages(dropped as usize..until as usize);
-                drop_behind::advise_now(&self.file, dropped, until - dropped);
+                drop_behind::advise_now(&self.file, 0, until);
                 dropped = until;
             }
             let header = match BatchHeader::validate(&bytes[position..]) {
@@ -753,7 +762,15 @@ impl Segment {
             if epochs.last().is_none_or(|&(e, _)| e != epoch) {
                 epochs.push((epoch, meta.base_offset));
             }
-            producer_batches.extend(ProducerBatch::of(&header));
+            if let Some(batches) = &mut producer_batches
+                && let Some(batch) = ProducerBatch::of(&header)
+            {
+                if batches.len() < PRODUCER_BATCHES_MAX {
+                    batches.push(batch);
+                } else {
+                    producer_batches = None;
+                }
+            }
             self.index_batch(&meta, position as u64);
             position += meta.size as usize;
         }
