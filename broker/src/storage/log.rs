@@ -23,7 +23,6 @@ use super::epoch::{EpochWrite, LeaderEpochCache};
 use super::producers::{
     self, BatchSeq, ProducerBatch, ProducerEntry, Producers, SeqCheck, SeqError,
 };
-
 use super::retention::{self, RetentionPolicy, SegmentSummary};
 use super::segment::{
     self, BatchMeta, LOG_SUFFIX, Segment, SegmentOptions, remove_if_exists, segment_file,
@@ -407,7 +406,10 @@ impl Log {
                 tracing::warn!(segment = %path, "rebuilding inconsistent indexes");
             }
             let mut outcome = segment.recover()?;
-            scanned = (outcome.producer_batches.take()).map(|batches| Scanned { base, batches });
+            scanned = outcome
+                .producer_batches
+                .take()
+                .map(|batches| Scanned { base, batches });
             // The file lags the appends until the next flush or roll: what the scan saw
             // is the truth.
             for &(epoch, start) in &outcome.epochs {
