@@ -6,7 +6,8 @@
 # Each DIR holds fjord-broker, fjord and examples/kafka_perf_produce: a `target/release`
 # after `cargo build --release -p fjord-broker -p fjord-tools` and `cargo build
 # --release --example kafka_perf_produce` (copy the "before" one aside first). W5 passes
-# `-X`, which kafka_perf_produce has since the thirteenth session: use a newer one.
+# `-X` and `--partition`, which kafka_perf_produce has since the thirteenth and the
+# twentieth sessions: use a newer one.
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-3}
 source "$(dirname "$0")/workload.sh"

@@ -11,7 +11,8 @@
 #   W5, W5all  W1 through the Kafka listener with librdkafka, acks 1 / all (batch.size
 #              is librdkafka's default, 1,000,000; sittings 1-6 used Java's 16 KiB;
 #              message.copy.max.bytes=0 from the thirteenth session: librdkafka sends
-#              each 1 KiB value from the message instead of copying it into the request)
+#              each 1 KiB value from the message instead of copying it into the request;
+#              --partition 0 from the twentieth: no per-record partitioner)
 run_workload() {
     local label=$1 bindir=$2 workload=$3
     (
@@ -53,7 +54,8 @@ run_workload() {
             cpu_mark
             /usr/bin/time -f "%U %S" -o "$cpu" "$BIN/examples/kafka_perf_produce" \
                 --bootstrap "$KAFKA" --topic k1 --num-records 500000 --record-size 1024 \
-                --acks "$acks" --batch-bytes 1000000 -X message.copy.max.bytes=0 | tail -1
+                --acks "$acks" --batch-bytes 1000000 --partition 0 -X message.copy.max.bytes=0 |
+                tail -1
             ;;
         *)
             echo "unknown workload $workload" >&2

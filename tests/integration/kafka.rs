@@ -638,6 +638,33 @@ fn the_w5_benchmark_example_produces_through_the_kafka_listener() {
     assert_eq!(offsets.trim(), "0 0 2000", "every record is in the log");
 }
 
+/// `--partition` sends every record to the partition it names, not where librdkafka's
+/// partitioner would put it; a negative one is refused before anything is sent.
+#[test]
+fn the_w5_benchmark_example_writes_the_partition_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    create_topic(&broker, "w5", 3);
+    // Three runs, so that a partitioner that ignored the flag would not pass by luck.
+    for (partition, records) in [("1", "1500"), ("2", "700"), ("0", "300")] {
+        let args = ["--num-records", records, "--partition", partition];
+        let stdout = succeeded(&w5_example(&broker, &args));
+        assert!(
+            stdout.starts_with(&format!("{records} records sent, ")),
+            "{stdout}"
+        );
+    }
+    let expected = "0 0 300\n1 0 1500\n2 0 700";
+    let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
+    assert_eq!(offsets.trim(), expected, "each run in its partition");
+    let out = w5_example(&broker, &["--num-records", "10", "--partition=-1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--partition"), "{stderr}");
+    let offsets = fjord_ok(&broker, &["offsets", "w5"], b"");
+    assert_eq!(offsets.trim(), expected, "nothing more sent");
+}
+
 /// With librdkafka's queue held to 50 records, nearly every send finds it full and waits
 /// for a delivery to make room: none may be lost or left waiting. `-X` passes the setting.
 #[test]
